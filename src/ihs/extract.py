@@ -1,0 +1,329 @@
+"""Batched forward passes that keep only what the analyses read: last-position states and lens top-k.
+
+Hooks on the decoder blocks gather the last real token of every prompt as the
+batch flows through, so no full-sequence activations are ever kept; the logit
+lens decodes only those L+1 vectors per prompt. Prompts are sorted by length
+and cut into batches under a token budget, so padding stays small. Batches are
+right-padded and the last real token is gathered by index, which keeps
+positions identical to an unbatched run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import ihs
+from ihs.errors import StoreError
+from ihs.formatting import FormattedPrompt, format_prompt, uses_chat
+from ihs.models.anatomy import block_output
+from ihs.models.loading import LoadedModel
+from ihs.progress import console, progress_bar
+from ihs.store import ActivationStore, StoreWriter, read_manifest, shard_files
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractOptions:
+    chat: bool | None = None
+    system_prompt: str | None = None
+    k: int = 5
+    batch_size: int = 32
+    max_batch_tokens: int = 8192
+    max_length: int | None = None
+    truncate: bool = True
+    store_dtype: str = "float32"
+    shard_mb: float = 64.0
+
+
+def _as_dict(record: Any) -> dict[str, Any]:
+    if is_dataclass(record):
+        return asdict(record)
+    return dict(record)
+
+
+class LastTokenRecorder:
+    """Forward hooks that keep each block's state at the last real position of every prompt."""
+
+    def __init__(self, lm: LoadedModel) -> None:
+        self.blocks = lm.anatomy.blocks
+        self.last_index: torch.Tensor | None = None
+        self.states: list[torch.Tensor | None] = [None] * (len(self.blocks) + 1)
+        self._handles: list[Any] = []
+
+    def _gather(self, hidden: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, self.last_index.to(hidden.device)].detach()
+
+    def __enter__(self) -> LastTokenRecorder:
+        def pre_hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self.states[0] = self._gather(hidden)
+
+        def make_hook(index: int):
+            def hook(module, args, output):
+                self.states[index] = self._gather(block_output(output))
+
+            return hook
+
+        try:
+            self._handles.append(self.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+            for i, block in enumerate(self.blocks, start=1):
+                self._handles.append(block.register_forward_hook(make_hook(i)))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def stacked(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """States as (B, L+1, d) on one device (blocks may live on several)."""
+        return torch.stack([s.to(device) for s in self.states], dim=1)
+
+
+def lens_topk(lm: LoadedModel, states: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k token ids and logits of the logit lens for states of shape (B, L+1, d), layer by layer."""
+    device = lm.anatomy.unembed.weight.device
+    ids, logits = [], []
+    for layer in range(states.shape[1]):
+        layer_logits = lm.anatomy.lens(states[:, layer].to(device)).float()
+        top = torch.topk(layer_logits, k, dim=-1)
+        ids.append(top.indices.cpu())
+        logits.append(top.values.cpu())
+    return torch.stack(ids, dim=1), torch.stack(logits, dim=1)
+
+
+@torch.inference_mode()
+def forward_last_states(lm: LoadedModel, batch_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Run one right-padded batch through the backbone; return last-position states (B, L+1, d)."""
+    lengths = torch.tensor([len(ids) for ids in batch_ids])
+    width = int(lengths.max())
+    pad_id = lm.tokenizer.pad_token_id or 0
+    input_ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch_ids), width), dtype=torch.long)
+    for row, ids in enumerate(batch_ids):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[row, : len(ids)] = 1
+    with LastTokenRecorder(lm) as recorder:
+        recorder.last_index = lengths - 1
+        device = lm.input_device
+        lm.anatomy.backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
+        return recorder.stacked("cpu")
+
+
+def plan_batches(lengths: Sequence[int], rows: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Sort rows by length and cut them into batches bounded by size and padded token count."""
+    order = sorted(rows, key=lambda r: (lengths[r], r))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for row in order:
+        width = max(lengths[row], max((lengths[r] for r in current), default=0))
+        if current and (len(current) + 1 > batch_size or width * (len(current) + 1) > max_batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(row)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _plan_fingerprint(lm: LoadedModel, records: list[dict[str, Any]], formatted: list[FormattedPrompt],
+                      options: ExtractOptions, chat: bool) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"chat": chat, "system": options.system_prompt, "k": options.k,
+                              "dtype": str(lm.dtype), "store_dtype": options.store_dtype}).encode())
+    for record, fmt in zip(records, formatted, strict=True):
+        digest.update(record["id"].encode())
+        digest.update(record["label"].encode())
+        digest.update(hashlib.sha1(str(fmt.ids).encode()).digest())
+    return digest.hexdigest()[:24]
+
+
+def build_manifest(lm: LoadedModel, options: ExtractOptions, chat: bool, n: int, plan_fp: str,
+                   datasets: list[str]) -> dict[str, Any]:
+    return {
+        "format_version": 1,
+        "ihs_version": ihs.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": {**lm.identity, "name": lm.name, "fingerprint": lm.fingerprint(), "dtype": str(lm.dtype).replace("torch.", "")},
+        "num_layers": lm.num_layers,
+        "hidden_size": lm.hidden_size,
+        "layer_convention": "index 0 = embedding output; index i = output of decoder block i (before the final norm)",
+        "chat": chat,
+        "chat_template": lm.chat_template if chat else None,
+        "system_prompt": options.system_prompt,
+        "lens_k": options.k,
+        "store_dtype": options.store_dtype,
+        "max_length": options.max_length or lm.max_length,
+        "n_planned": n,
+        "datasets": datasets,
+        "plan_fingerprint": plan_fp,
+    }
+
+
+def extract(
+    lm: LoadedModel,
+    records: Sequence[Any],
+    out: str | Path | None = None,
+    options: ExtractOptions | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> ActivationStore:
+    """Extract last-position states and lens top-k for ``records`` into a store at ``out``.
+
+    Re-running the same call on the same directory resumes: finished shards are
+    kept and only missing rows are computed. ``out=None`` keeps everything in memory.
+    """
+    options = options or ExtractOptions()
+    records = [_as_dict(r) for r in records]
+    if not records:
+        raise StoreError("nothing to extract: the prompt set is empty")
+    chat = uses_chat(lm.tokenizer, options.chat)
+    max_length = options.max_length or lm.max_length
+    formatted = [
+        format_prompt(lm.tokenizer, r["text"], chat, options.system_prompt, max_length, options.truncate)
+        for r in records
+    ]
+    n_truncated = sum(f.truncated for f in formatted)
+    if n_truncated:
+        log.warning("%d prompt(s) exceeded %d tokens and were truncated from the left", n_truncated, max_length)
+        console.print(f"[yellow]warning:[/] {n_truncated} prompt(s) longer than {max_length} tokens were truncated from the left")
+    lengths = [len(f.ids) for f in formatted]
+    plan_fp = _plan_fingerprint(lm, records, formatted, options, chat)
+    datasets = sorted({r.get("dataset", "") for r in records})
+    manifest = build_manifest(lm, options, chat, len(records), plan_fp, datasets)
+    planned = [
+        {"id": r["id"], "text": r["text"], "label": r["label"], "dataset": r.get("dataset", ""), "tags": r.get("tags", {})}
+        for r in records
+    ]
+
+    if out is None:
+        return _extract_in_memory(lm, planned, formatted, lengths, manifest, options, progress)
+
+    out = Path(out)
+    existing = read_manifest(out)
+    if existing is not None:
+        reason = StoreWriter.compatible(existing, manifest)
+        if reason and not overwrite:
+            raise StoreError(f"output directory {out} cannot be used: {reason}; choose another --out or pass --overwrite")
+        if reason and overwrite:
+            _clear_store(out)
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise StoreError(f"output directory {out} is not empty and holds no store; choose another --out")
+
+    writer = StoreWriter(out, manifest, planned, store_dtype=options.store_dtype)
+    done = writer.done_rows()
+    todo = [r for r in range(len(records)) if r not in done]
+    if done:
+        console.print(f"resuming: {len(done)} of {len(records)} prompts already in {out}")
+    bytes_per_row = (lm.num_layers + 1) * lm.hidden_size * np.dtype(options.store_dtype).itemsize
+    rows_per_shard = max(1, int(options.shard_mb * 2**20 // bytes_per_row))
+    writer.start()
+    try:
+        stats = _run(lm, formatted, lengths, todo, options, progress, writer, rows_per_shard)
+    except BaseException:
+        # Keep every finished shard so that a re-run resumes; never mark the store complete.
+        writer.close(complete=False)
+        raise
+    lens_tokens = _decode_tokens(lm, _all_lens_ids(out))
+    writer.close(lens_tokens=lens_tokens, complete=True, stats=stats)
+    return ActivationStore.load(out)
+
+
+def _clear_store(out: Path) -> None:
+    for shard in shard_files(out / "shards"):
+        shard.unlink()
+    for name in ("manifest.json", "prompts.jsonl", "lens_tokens.json"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _run(lm, formatted, lengths, todo, options, progress, sink, rows_per_shard) -> dict[str, Any]:
+    batches = plan_batches(lengths, todo, options.batch_size, options.max_batch_tokens)
+    started = time.perf_counter()
+    n_tokens = 0
+    pending: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        rows = [r for p in pending for r in p[0]]
+        info = [{"formatted": formatted[r].text, "n_tokens": len(formatted[r].ids), "truncated": formatted[r].truncated}
+                for r in rows]
+        sink.put(np.array(rows), torch.cat([p[1] for p in pending]).float().numpy(),
+                 torch.cat([p[2] for p in pending]).numpy(), torch.cat([p[3] for p in pending]).numpy(), info)
+        pending.clear()
+
+    with progress_bar("extract", total=len(todo), enabled=progress) as advance, torch.inference_mode():
+        for batch in batches:
+            states = forward_last_states(lm, [formatted[r].ids for r in batch])
+            ids, logits = lens_topk(lm, states, options.k)
+            pending.append((batch, states, ids, logits))
+            n_tokens += sum(lengths[r] for r in batch)
+            if sum(len(p[0]) for p in pending) >= rows_per_shard:
+                flush()
+            advance(len(batch))
+        flush()
+    elapsed = time.perf_counter() - started
+    return {"prompts": len(todo), "tokens": n_tokens, "seconds": round(elapsed, 3),
+            "prompts_per_s": round(len(todo) / elapsed, 3) if elapsed > 0 and todo else None,
+            "batch_size": options.batch_size, "max_batch_tokens": options.max_batch_tokens}
+
+
+class _MemorySink:
+    def __init__(self) -> None:
+        self.parts: list[tuple] = []
+
+    def put(self, rows, hidden, lens_ids, lens_logits, info) -> None:
+        self.parts.append((rows, hidden, lens_ids, lens_logits, info))
+
+
+def _extract_in_memory(lm, planned, formatted, lengths, manifest, options, progress) -> ActivationStore:
+    sink = _MemorySink()
+    stats = _run(lm, formatted, lengths, list(range(len(planned))), options, progress, sink, rows_per_shard=10**9)
+    rows = np.concatenate([p[0] for p in sink.parts])
+    order = np.argsort(rows)
+    info = [i for p in sink.parts for i in p[4]]
+    records = []
+    for pos in order:
+        record = dict(planned[int(rows[pos])])
+        record.update(info[int(pos)])
+        record["row"] = int(rows[pos])
+        records.append(record)
+    lens_ids = np.concatenate([p[2] for p in sink.parts])[order]
+    manifest = {**manifest, "status": "complete", "runs": [stats], "n_prompts": len(planned)}
+    return ActivationStore(
+        hidden=np.concatenate([p[1] for p in sink.parts])[order],
+        records=records,
+        manifest=manifest,
+        lens_ids=lens_ids,
+        lens_logits=np.concatenate([p[3] for p in sink.parts])[order],
+        lens_tokens=_decode_tokens(lm, np.unique(lens_ids)),
+    )
+
+
+def _all_lens_ids(out: Path) -> np.ndarray:
+    from safetensors import safe_open
+
+    found: list[np.ndarray] = []
+    for shard in shard_files(out / "shards"):
+        with safe_open(str(shard), framework="numpy") as fh:
+            found.append(np.unique(fh.get_tensor("lens_ids")))
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+
+def _decode_tokens(lm: LoadedModel, token_ids: np.ndarray) -> dict[int, str]:
+    return {int(t): lm.tokenizer.decode([int(t)]) for t in token_ids}

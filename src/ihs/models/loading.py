@@ -1,0 +1,201 @@
+"""Load any causal LM into one object that the rest of ihs can use without special cases.
+
+Sources, tried in order: a zoo name (pulled and converted on first use), a
+GGUF file (converted once into a cached safetensors folder), a local folder,
+a Hugging Face model id. Weights load from safetensors only, and remote code
+runs only when the user asks for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ihs.errors import ModelError
+from ihs.models.anatomy import Anatomy, resolve_anatomy
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ModelError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}") from None
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer, anatomy and identity.
+
+    ``identity`` says exactly which weights these are (zoo GGUF hash, hub
+    revision, or a digest of a local folder's files) so stores and guards can
+    refuse to mix models.
+    """
+
+    model: Any
+    tokenizer: Any
+    anatomy: Anatomy
+    name: str
+    identity: dict[str, Any]
+    dtype: torch.dtype
+    device: torch.device
+    max_length: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return self.anatomy.num_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def chat_template(self) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None) or None
+
+    @property
+    def input_device(self) -> torch.device:
+        """Device of the embedding: where inputs go, also under a multi-device map."""
+        return self.model.get_input_embeddings().weight.device
+
+    def fingerprint(self) -> str:
+        return str(self.identity.get("sha256") or self.identity.get("revision") or self.name)
+
+
+def _folder_identity(folder: Path) -> dict[str, Any]:
+    """A cheap digest of a model folder: config plus weight file names and sizes."""
+    digest = hashlib.sha256()
+    config = folder / "config.json"
+    if config.exists():
+        digest.update(config.read_bytes())
+    for weight in sorted(folder.glob("*.safetensors")):
+        digest.update(f"{weight.name}:{weight.stat().st_size}".encode())
+    return {"source": "folder", "path": str(folder), "revision": "folder-" + digest.hexdigest()[:16]}
+
+
+def _resolve_source(name_or_path: str, pull: bool) -> tuple[Path | str, dict[str, Any], str]:
+    from ihs.models import zoo
+
+    if name_or_path in zoo.ZOO:
+        entry = zoo.ZOO[name_or_path]
+        if not zoo.is_pulled(name_or_path):
+            if not pull:
+                raise ModelError(f"zoo model '{name_or_path}' is not pulled; run: ihs models pull {name_or_path}")
+            zoo.pull(name_or_path)
+        folder = zoo.model_dir(name_or_path)
+        return folder, {"source": "zoo", "zoo_name": name_or_path, "id": entry.hf_id, "sha256": entry.sha256}, name_or_path
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        folder = zoo.convert_gguf(path)
+        meta = json.loads((folder / "ihs_zoo.json").read_text())
+        return folder, {"source": "gguf", "path": str(path), "sha256": meta.get("sha256")}, path.stem
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"folder {path} has no config.json; is it a Hugging Face model folder?")
+        return path, _folder_identity(path), path.name
+    if path.exists():
+        raise ModelError(f"{path} is a file but not a .gguf model; give a model folder, a GGUF file or a zoo name")
+    looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ModelError(
+            f"unknown model '{name_or_path}': not a zoo name ({', '.join(zoo.ZOO)}), "
+            "not a local folder or GGUF file, and not a Hugging Face id (org/name)"
+        )
+    return name_or_path, {"source": "hub", "id": name_or_path}, name_or_path
+
+
+def load_model(
+    name_or_path: str,
+    dtype: str | torch.dtype = "float32",
+    device: str | None = None,
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    blocks_path: str | None = None,
+    norm_path: str | None = None,
+    backbone_path: str | None = None,
+    pull: bool = True,
+) -> LoadedModel:
+    """Load a causal LM by zoo name, GGUF file, local folder or hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = parse_dtype(dtype)
+    source, identity, display = _resolve_source(name_or_path, pull)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"could not load model '{name_or_path}': {first}") from exc
+    if identity["source"] == "hub":
+        identity["revision"] = getattr(model.config, "_commit_hash", None)
+    model.eval()
+    if device_map is None:
+        target = torch.device(device or "cpu")
+        model.to(target)
+    anatomy = resolve_anatomy(model, blocks_path=blocks_path, norm_path=norm_path, backbone_path=backbone_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    max_length = _context_length(model.config, tokenizer)
+    identity.setdefault("id", display)
+    identity["model_type"] = anatomy.family
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        anatomy=anatomy,
+        name=display,
+        identity=identity,
+        dtype=torch_dtype,
+        device=model.get_input_embeddings().weight.device,
+        max_length=max_length,
+    )
+
+
+def _context_length(config: Any, tokenizer: Any) -> int:
+    for attr in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and 0 < value < 10**7:
+        return value
+    return 2048
+
+
+def from_modules(model: Any, tokenizer: Any, name: str = "custom", **anatomy_overrides: str) -> LoadedModel:
+    """Wrap an already-built model (e.g. a tiny random one in tests) without loading anything."""
+    model.eval()
+    anatomy = resolve_anatomy(model, **anatomy_overrides)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    param = next(model.parameters())
+    digest = hashlib.sha256()
+    for tensor in list(model.state_dict().values())[:4]:
+        digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        anatomy=anatomy,
+        name=name,
+        identity={"source": "memory", "id": name, "revision": "mem-" + digest.hexdigest()[:16],
+                  "model_type": anatomy.family},
+        dtype=param.dtype,
+        device=param.device,
+        max_length=_context_length(model.config, tokenizer),
+    )

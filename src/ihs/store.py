@@ -1,0 +1,363 @@
+"""ActivationStore: every layer's last-token state and logit-lens top-k, on disk.
+
+Layout of a store directory::
+
+    manifest.json        model identity, formatting, shapes, options, status
+    prompts.jsonl        the planned prompts, one record per row, in row order
+    shards/*.safetensors rows, hidden (n, L+1, d), lens_ids / lens_logits (n, L+1, k);
+                         per-row formatting details in the file's metadata
+    lens_tokens.json     decoded text of every token id that appears in lens_ids
+
+Each shard is written to a temporary name and renamed into place, so a killed
+process leaves either a whole shard or none; a re-run reads which rows exist
+and computes only the rest. Layer index 0 is the embedding output (the input
+of block 1) and index i the output of decoder block i, before the final norm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from ihs.errors import StoreError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PROMPTS = "prompts.jsonl"
+SHARDS = "shards"
+LENS_TOKENS = "lens_tokens.json"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    manifest = Path(path) / MANIFEST
+    if not manifest.exists():
+        return None
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{manifest} is not valid JSON: {exc}") from exc
+
+
+@dataclass
+class ActivationStore:
+    """Last-position states of N prompts at every layer boundary, with labels and lens top-k.
+
+    ``hidden`` has shape (N, L+1, d); ``lens_ids`` and ``lens_logits`` (N, L+1, k);
+    ``records`` holds one dict per prompt (id, text, label, dataset, tags, formatted,
+    n_tokens, truncated).
+    """
+
+    hidden: np.ndarray
+    records: list[dict[str, Any]]
+    manifest: dict[str, Any] = field(default_factory=dict)
+    lens_ids: np.ndarray | None = None
+    lens_logits: np.ndarray | None = None
+    lens_tokens: dict[int, str] = field(default_factory=dict)
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.hidden.ndim != 3:
+            raise StoreError(f"hidden must have shape (N, L+1, d), got {self.hidden.shape}")
+        if len(self.records) != self.hidden.shape[0]:
+            raise StoreError(f"{len(self.records)} records for {self.hidden.shape[0]} rows of hidden states")
+
+    # -- views -------------------------------------------------------------------------
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([r["label"] for r in self.records], dtype=object)
+
+    @property
+    def prompts(self) -> list[str]:
+        return [r["text"] for r in self.records]
+
+    @property
+    def ids(self) -> list[str]:
+        return [r["id"] for r in self.records]
+
+    @property
+    def num_layers(self) -> int:
+        """Number of decoder blocks L (the store has L+1 layer indices)."""
+        return self.hidden.shape[1] - 1
+
+    @property
+    def hidden_size(self) -> int:
+        return self.hidden.shape[2]
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def tag(self, key: str, default: Any = None) -> list[Any]:
+        return [r.get("tags", {}).get(key, default) for r in self.records]
+
+    def token_text(self, token_id: int) -> str:
+        return self.lens_tokens.get(int(token_id), f"<{int(token_id)}>")
+
+    def subset(self, index: np.ndarray | Sequence[int] | Sequence[bool]) -> ActivationStore:
+        """Rows selected by an index or boolean mask, as a new in-memory store."""
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        return ActivationStore(
+            hidden=self.hidden[idx],
+            records=[self.records[i] for i in idx],
+            manifest=dict(self.manifest),
+            lens_ids=None if self.lens_ids is None else self.lens_ids[idx],
+            lens_logits=None if self.lens_logits is None else self.lens_logits[idx],
+            lens_tokens=self.lens_tokens,
+            path=self.path,
+        )
+
+    def where_label(self, *labels: str) -> ActivationStore:
+        return self.subset(np.isin(self.labels, list(labels)))
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def from_arrays(
+        cls,
+        hidden: np.ndarray,
+        labels: Sequence[str],
+        prompts: Sequence[str] | None = None,
+        lens_ids: np.ndarray | None = None,
+        lens_logits: np.ndarray | None = None,
+        lens_tokens: dict[int, str] | None = None,
+        manifest: dict[str, Any] | None = None,
+        tags: Sequence[dict[str, Any]] | None = None,
+    ) -> ActivationStore:
+        """An in-memory store from plain arrays (tests, synthetic data, other tools' output)."""
+        from ihs.data.records import prompt_id
+
+        n = hidden.shape[0]
+        prompts = list(prompts) if prompts is not None else [f"prompt {i}" for i in range(n)]
+        records = [
+            {
+                "id": prompt_id(prompts[i]),
+                "text": prompts[i],
+                "label": str(labels[i]),
+                "dataset": "arrays",
+                "tags": dict(tags[i]) if tags is not None else {},
+                "row": i,
+            }
+            for i in range(n)
+        ]
+        base = {"num_layers": hidden.shape[1] - 1, "hidden_size": hidden.shape[2], "model": {"id": "arrays"}}
+        base.update(manifest or {})
+        return cls(hidden=np.asarray(hidden), records=records, manifest=base, lens_ids=lens_ids,
+                   lens_logits=lens_logits, lens_tokens=dict(lens_tokens or {}))
+
+    @classmethod
+    def load(cls, path: str | Path, allow_partial: bool = False) -> ActivationStore:
+        """Read a store written by ``ihs extract``; refuses incomplete stores unless asked."""
+        path = Path(path)
+        if not path.is_dir():
+            raise StoreError(f"no activation store at {path} (directory not found)")
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise StoreError(f"{path} is not an activation store (no {MANIFEST})")
+        planned = _read_prompts(path / PROMPTS)
+        rows, hidden, lens_ids, lens_logits, extras = _read_shards(path / SHARDS)
+        n_planned = len(planned)
+        if len(rows) != len(set(rows.tolist())):
+            raise StoreError(f"store {path} has duplicate rows across shards")
+        if len(rows) < n_planned and not allow_partial:
+            raise StoreError(
+                f"store {path} is incomplete: {len(rows)} of {n_planned} prompts extracted; "
+                "re-run the same extract command to resume"
+            )
+        order = np.argsort(rows, kind="stable")
+        rows = rows[order]
+        records = []
+        for position, row in zip(order, rows, strict=True):
+            record = dict(planned[int(row)])
+            record.update(extras[int(position)])
+            record["row"] = int(row)
+            records.append(record)
+        tokens_file = path / LENS_TOKENS
+        lens_tokens: dict[int, str] = {}
+        if tokens_file.exists():
+            lens_tokens = {int(k): v for k, v in json.loads(tokens_file.read_text(encoding="utf-8")).items()}
+        return cls(
+            hidden=hidden[order],
+            records=records,
+            manifest=manifest,
+            lens_ids=lens_ids[order] if lens_ids is not None else None,
+            lens_logits=lens_logits[order] if lens_logits is not None else None,
+            lens_tokens=lens_tokens,
+            path=path,
+        )
+
+
+def _read_prompts(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise StoreError(f"store is missing {path.name}")
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def shard_files(shard_dir: Path) -> list[Path]:
+    if not shard_dir.is_dir():
+        return []
+    return sorted(p for p in shard_dir.glob("shard-*.safetensors"))
+
+
+def read_done_rows(shard_dir: Path) -> set[int]:
+    """Rows already present in complete shards (for resuming)."""
+    done: set[int] = set()
+    for shard in shard_files(shard_dir):
+        with safe_open(str(shard), framework="numpy") as fh:
+            done.update(int(r) for r in fh.get_tensor("rows"))
+    return done
+
+
+def _read_shards(shard_dir: Path):
+    rows, hidden, lens_ids, lens_logits, extras = [], [], [], [], []
+    for shard in shard_files(shard_dir):
+        try:
+            with safe_open(str(shard), framework="numpy") as fh:
+                keys = set(fh.keys())
+                rows.append(fh.get_tensor("rows"))
+                hidden.append(fh.get_tensor("hidden").astype(np.float32, copy=False))
+                if "lens_ids" in keys:
+                    lens_ids.append(fh.get_tensor("lens_ids"))
+                    lens_logits.append(fh.get_tensor("lens_logits"))
+                meta = fh.metadata() or {}
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise StoreError(f"shard {shard} is unreadable ({exc}); delete it and re-run to recompute") from exc
+        extras.extend(json.loads(meta.get("rows_info", "[]")))
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0, 0), np.float32), None, None, []
+    return (
+        np.concatenate(rows),
+        np.concatenate(hidden),
+        np.concatenate(lens_ids) if lens_ids else None,
+        np.concatenate(lens_logits) if lens_logits else None,
+        extras,
+    )
+
+
+class StoreWriter:
+    """Writes a store shard by shard on a background thread, so the forward loop never waits on disk."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], records: Sequence[dict[str, Any]],
+                 store_dtype: str = "float32") -> None:
+        self.path = Path(path)
+        self.shard_dir = self.path / SHARDS
+        self.manifest = manifest
+        self.store_dtype = np.dtype(store_dtype)
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._next_shard = 0
+        self._thread: threading.Thread | None = None
+        self._prepare(records)
+
+    @staticmethod
+    def compatible(existing: dict[str, Any], manifest: dict[str, Any]) -> str | None:
+        """Why an existing store cannot be resumed with ``manifest`` (None when it can)."""
+        old_model, new_model = existing.get("model", {}), manifest.get("model", {})
+        if old_model.get("fingerprint") != new_model.get("fingerprint"):
+            return (f"it holds a store of another model ({old_model.get('id')}, "
+                    f"{old_model.get('fingerprint')}) than {new_model.get('id')} ({new_model.get('fingerprint')})")
+        if existing.get("plan_fingerprint") != manifest.get("plan_fingerprint"):
+            return "it holds a store of the same model with other prompts or options"
+        return None
+
+    def _prepare(self, records: Sequence[dict[str, Any]]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.shard_dir.mkdir(exist_ok=True)
+        for stale in self.shard_dir.glob(".*tmp*"):
+            stale.unlink(missing_ok=True)
+        existing = read_manifest(self.path)
+        if existing is None:
+            _atomic_write_text(self.path / PROMPTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            self.manifest["status"] = "in_progress"
+            _atomic_write_text(self.path / MANIFEST, json.dumps(self.manifest, indent=2))
+        existing_shards = shard_files(self.shard_dir)
+        if existing_shards:
+            self._next_shard = int(existing_shards[-1].stem.split("-")[1]) + 1
+
+    def done_rows(self) -> set[int]:
+        return read_done_rows(self.shard_dir)
+
+    def start(self) -> StoreWriter:
+        self._thread = threading.Thread(target=self._run, name="ihs-store-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                self._write(*item)
+            except BaseException as exc:  # surfaced on the main thread by put()/close()
+                self._error = exc
+
+    def put(self, rows: np.ndarray, hidden: np.ndarray, lens_ids: np.ndarray, lens_logits: np.ndarray,
+            rows_info: list[dict[str, Any]]) -> None:
+        if self._error is not None:
+            raise StoreError(f"writing the store failed: {self._error}") from self._error
+        index = self._next_shard
+        self._next_shard += 1
+        self._queue.put((index, rows, hidden, lens_ids, lens_logits, rows_info))
+
+    def _write(self, index, rows, hidden, lens_ids, lens_logits, rows_info) -> None:
+        final = self.shard_dir / f"shard-{index:06d}.safetensors"
+        tmp = self.shard_dir / f".shard-{index:06d}.tmp-{os.getpid()}"
+        tensors = {
+            "rows": np.ascontiguousarray(rows, dtype=np.int64),
+            "hidden": np.ascontiguousarray(hidden, dtype=self.store_dtype),
+            "lens_ids": np.ascontiguousarray(lens_ids, dtype=np.int32),
+            "lens_logits": np.ascontiguousarray(lens_logits, dtype=np.float32),
+        }
+        save_file(tensors, str(tmp), metadata={"rows_info": json.dumps(rows_info, ensure_ascii=False)})
+        os.replace(tmp, final)
+
+    def close(self, lens_tokens: dict[int, str] | None = None, complete: bool = True,
+              stats: dict[str, Any] | None = None) -> None:
+        """Flush pending shards; when complete, write lens tokens and mark the manifest complete."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise StoreError(f"writing the store failed: {self._error}") from self._error
+        if not complete:
+            return
+        if lens_tokens is not None:
+            tokens_path = self.path / LENS_TOKENS
+            merged: dict[str, str] = {}
+            if tokens_path.exists():
+                merged.update(json.loads(tokens_path.read_text(encoding="utf-8")))
+            merged.update({str(k): v for k, v in lens_tokens.items()})
+            _atomic_write_text(tokens_path, json.dumps(merged, ensure_ascii=False))
+        manifest = read_manifest(self.path) or self.manifest
+        manifest["status"] = "complete"
+        manifest["completed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest["n_prompts"] = len(_read_prompts(self.path / PROMPTS))
+        if stats:
+            manifest.setdefault("runs", []).append(stats)
+        _atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=2))
+
+
+def iter_batches(items: Sequence[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
