@@ -95,7 +95,7 @@ def _resolve_source(name_or_path: str, pull: bool) -> tuple[Path | str, dict[str
                 raise ModelError(f"zoo model '{name_or_path}' is not pulled; run: ihs models pull {name_or_path}")
             zoo.pull(name_or_path)
         folder = zoo.model_dir(name_or_path)
-        return folder, {"source": "zoo", "zoo_name": name_or_path, "id": entry.hf_id, "sha256": entry.sha256}, name_or_path
+        return folder, {"source": "zoo", "zoo_name": name_or_path, "id": entry.id, "sha256": entry.sha256}, name_or_path
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -1,0 +1,99 @@
+"""The ``ihs`` command line: one thin subcommand per stage, over the Python API."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from ihs.errors import IhsError
+
+app = typer.Typer(
+    name="ihs",
+    help="Explain LLM safety through intermediate hidden states: probes, logit lens, emotion tokens, grafting.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+MODEL_HELP = "Zoo name (see `ihs models list`), local model folder, GGUF file or Hugging Face id."
+DATA_HELP = "NAME=SPEC, repeatable. SPEC: builtin:normal, path.csv[:column], path.jsonl[:field], path.txt, hf:org/name:split:field."
+
+
+@app.command("extract")
+def extract_cmd(
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
+    data: list[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Store directory (created; re-running resumes)."),
+    limit: int | None = typer.Option(None, help="Keep the first N distinct prompts of each dataset."),
+    batch_size: int = typer.Option(32, help="Largest batch (prompts)."),
+    max_batch_tokens: int = typer.Option(8192, help="Largest batch in padded tokens."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps (default: cpu)."),
+    device_map: str | None = typer.Option(None, "--device-map", help="accelerate device map, e.g. auto."),
+    chat: bool | None = typer.Option(None, "--chat/--no-chat", help="Use the chat template (default: when the tokenizer has one)."),
+    system_prompt: str | None = typer.Option(None, help="System prompt for chat formatting."),
+    k: int = typer.Option(5, "--k", help="Logit-lens top-k kept per layer."),
+    max_length: int | None = typer.Option(None, help="Token limit (default: the model's context)."),
+    no_truncate: bool = typer.Option(False, "--no-truncate", help="Refuse over-long prompts instead of cutting their start."),
+    final_punct: bool = typer.Option(False, "--final-punct", help="Append '.' to prompts not ending in . or ? (last-token confound remedy)."),
+    store_dtype: str = typer.Option("float32", help="Storage type of hidden states: float32 or float16."),
+    overwrite: bool = typer.Option(False, help="Replace an incompatible store in --out."),
+    trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub (off by default)."),
+) -> None:
+    """Run prompt sets through a model; keep every layer's last-token state and logit-lens top-k."""
+    from ihs.data.prepare import prepare
+    from ihs.extract import ExtractOptions, extract
+    from ihs.models.loading import load_model
+    from ihs.progress import console
+
+    if store_dtype not in ("float32", "float16"):
+        raise IhsError(f"--store-dtype must be float32 or float16, got {store_dtype}")
+    records, report = prepare(data or [], limit=limit, final_punct=final_punct)
+    console.print(_cleaning_line(report))
+    lm = load_model(model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code)
+    options = ExtractOptions(chat=chat, system_prompt=system_prompt, k=k, batch_size=batch_size,
+                             max_batch_tokens=max_batch_tokens, max_length=max_length,
+                             truncate=not no_truncate, store_dtype=store_dtype)
+    store = extract(lm, records, out, options, overwrite=overwrite)
+    run = (store.manifest.get("runs") or [{}])[-1]
+    rate = run.get("prompts_per_s")
+    console.print(
+        f"store: {out}  shape {tuple(store.hidden.shape)} (N, L+1, d)"
+        + (f"  {rate:.2f} prompts/s" if rate else "")
+    )
+
+
+def _cleaning_line(report: dict) -> str:
+    parts = []
+    for label, c in report["cleaning"].items():
+        dropped = c["empty"] + c["dup_within"] + c["dup_across"]
+        parts.append(f"{label}: {c['kept']} kept" + (f" ({dropped} dropped: {c['empty']} empty, "
+                     f"{c['dup_within']} duplicate, {c['dup_across']} in another class)" if dropped else ""))
+    return "data: " + "; ".join(parts) + (f"; limit {report['limit']} per class" if report["limit"] else "")
+
+
+def _register() -> None:
+    from ihs.data.cli import app as data_app
+    from ihs.models.cli import app as models_app
+
+    app.add_typer(data_app, name="data", help="Built-in prompt sets and dataset specs.")
+    app.add_typer(models_app, name="models", help="The built-in model zoo: list and pull.")
+
+
+_register()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except IhsError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
