@@ -66,6 +66,38 @@ def extract_cmd(
     )
 
 
+@app.command("bench")
+def bench_cmd(
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
+    data: list[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Default: built-in normal and malicious."),
+    prompts: int = typer.Option(200, help="Prompts measured (split evenly over the datasets)."),
+    reference_prompts: int | None = typer.Option(None, help="Prompts for the slow reference path (default: all)."),
+    dtype: str = typer.Option("float32", help="float32 or bfloat16."),
+    batch_size: int = typer.Option(32, help="Largest batch (prompts)."),
+    max_batch_tokens: int = typer.Option(8192, help="Largest batch in padded tokens."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Measure extraction against the paper's code path and the matmul ceiling, in one run."""
+    import json
+
+    from ihs.bench import bench_extract
+    from ihs.data.prepare import prepare
+    from ihs.extract import ExtractOptions
+    from ihs.models.loading import load_model
+
+    specs = data or ["normal=builtin:normal", "malicious=builtin:malicious"]
+    records, _ = prepare(specs, limit=max(1, prompts // len(specs)))
+    lm = load_model(model, dtype=dtype)
+    result = bench_extract(lm, [r.text for r in records], reference_prompts,
+                           ExtractOptions(batch_size=batch_size, max_batch_tokens=max_batch_tokens))
+    result["data"] = specs
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:>28}: {value}")
+
+
 def _cleaning_line(report: dict) -> str:
     parts = []
     for label, c in report["cleaning"].items():
@@ -81,6 +113,14 @@ def _register() -> None:
 
     app.add_typer(data_app, name="data", help="Built-in prompt sets and dataset specs.")
     app.add_typer(models_app, name="models", help="The built-in model zoo: list and pull.")
+    from ihs.analysis.probe_cli import probe_cmd
+    app.command("probe")(probe_cmd)
+    from ihs.analysis.lens_cli import lens_cmd
+    app.command("lens")(lens_cmd)
+    from ihs.interventions.graft_cli import generate_cmd, graft_cmd, jailbreak_cmd
+    app.command("generate")(generate_cmd)
+    app.command("graft")(graft_cmd)
+    app.command("jailbreak")(jailbreak_cmd)
 
 
 _register()
