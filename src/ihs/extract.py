@@ -239,6 +239,7 @@ def extract(
         # Keep every finished shard so that a re-run resumes; never mark the store complete.
         writer.close(complete=False)
         raise
+    writer.flush()
     lens_tokens = _decode_tokens(lm, _all_lens_ids(out))
     writer.close(lens_tokens=lens_tokens, complete=True, stats=stats)
     return ActivationStore.load(out)

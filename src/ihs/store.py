@@ -331,15 +331,19 @@ class StoreWriter:
         save_file(tensors, str(tmp), metadata={"rows_info": json.dumps(rows_info, ensure_ascii=False)})
         os.replace(tmp, final)
 
-    def close(self, lens_tokens: dict[int, str] | None = None, complete: bool = True,
-              stats: dict[str, Any] | None = None) -> None:
-        """Flush pending shards; when complete, write lens tokens and mark the manifest complete."""
+    def flush(self) -> None:
+        """Wait until every queued shard is on disk (stops the writer thread)."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
         if self._error is not None:
             raise StoreError(f"writing the store failed: {self._error}") from self._error
+
+    def close(self, lens_tokens: dict[int, str] | None = None, complete: bool = True,
+              stats: dict[str, Any] | None = None) -> None:
+        """Flush pending shards; when complete, write lens tokens and mark the manifest complete."""
+        self.flush()
         if not complete:
             return
         if lens_tokens is not None:
