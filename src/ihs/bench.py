@@ -113,5 +113,5 @@ def bench_extract(lm: LoadedModel, texts: list[str], reference_prompts: int | No
         "max_state_diff_vs_reference": max_state_diff,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "batch_size": options.batch_size,
-        "max_batch_tokens": options.max_batch_tokens,
+        "max_batch_tokens": store.manifest["runs"][-1]["max_batch_tokens"],
     }

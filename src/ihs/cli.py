@@ -29,7 +29,7 @@ def extract_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Store directory (created; re-running resumes)."),
     limit: int | None = typer.Option(None, help="Keep the first N distinct prompts of each dataset."),
     batch_size: int = typer.Option(32, help="Largest batch (prompts)."),
-    max_batch_tokens: int = typer.Option(8192, help="Largest batch in padded tokens."),
+    max_batch_tokens: int | None = typer.Option(None, help="Largest batch in padded tokens (default: from free memory)."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps (default: cpu)."),
     device_map: str | None = typer.Option(None, "--device-map", help="accelerate device map, e.g. auto."),
@@ -74,7 +74,7 @@ def bench_cmd(
     reference_prompts: int | None = typer.Option(None, help="Prompts for the slow reference path (default: all)."),
     dtype: str = typer.Option("float32", help="float32 or bfloat16."),
     batch_size: int = typer.Option(32, help="Largest batch (prompts)."),
-    max_batch_tokens: int = typer.Option(8192, help="Largest batch in padded tokens."),
+    max_batch_tokens: int | None = typer.Option(None, help="Largest batch in padded tokens (default: from free memory)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Measure extraction against the paper's code path and the matmul ceiling, in one run."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, is_dataclass
@@ -39,11 +40,11 @@ class ExtractOptions:
     system_prompt: str | None = None
     k: int = 5
     batch_size: int = 32
-    max_batch_tokens: int = 8192
+    max_batch_tokens: int | None = None  # None: chosen from free memory (auto_batch_tokens)
     max_length: int | None = None
     truncate: bool = True
     store_dtype: str = "float32"
-    shard_mb: float = 64.0
+    shard_mb: float = 32.0
 
 
 def _as_dict(record: Any) -> dict[str, Any]:
@@ -123,6 +124,34 @@ def forward_last_states(lm: LoadedModel, batch_ids: Sequence[Sequence[int]]) -> 
         device = lm.input_device
         lm.anatomy.backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
         return recorder.stacked("cpu")
+
+
+def _free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError):
+        return 4 * 2**30
+
+
+def auto_batch_tokens(lm: LoadedModel, longest: int) -> int:
+    """A padded-token budget per batch that fits in a fifth of free memory.
+
+    Only one block's transient activations are alive at a time (states are
+    gathered at the last position and the rest is freed), so the cost per token
+    is roughly the block's widest intermediates plus the attention scores row.
+    """
+    config = lm.model.config
+    d = lm.hidden_size
+    inter = int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d)
+    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 16))
+    itemsize = torch.tensor([], dtype=lm.dtype).element_size()
+    per_token = itemsize * (8 * d + 3 * inter + 2 * heads * max(longest, 1))
+    budget = int(0.2 * _free_memory_bytes(lm.input_device) / per_token)
+    cap = 65536 if lm.input_device.type == "cuda" else 8192
+    return max(longest, min(budget, cap))
 
 
 def plan_batches(lengths: Sequence[int], rows: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
@@ -253,7 +282,9 @@ def _clear_store(out: Path) -> None:
 
 
 def _run(lm, formatted, lengths, todo, options, progress, sink, rows_per_shard) -> dict[str, Any]:
-    batches = plan_batches(lengths, todo, options.batch_size, options.max_batch_tokens)
+    longest = max((lengths[r] for r in todo), default=1)
+    budget = options.max_batch_tokens or auto_batch_tokens(lm, longest)
+    batches = plan_batches(lengths, todo, options.batch_size, budget)
     started = time.perf_counter()
     n_tokens = 0
     pending: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -281,7 +312,7 @@ def _run(lm, formatted, lengths, todo, options, progress, sink, rows_per_shard) 
     elapsed = time.perf_counter() - started
     return {"prompts": len(todo), "tokens": n_tokens, "seconds": round(elapsed, 3),
             "prompts_per_s": round(len(todo) / elapsed, 3) if elapsed > 0 and todo else None,
-            "batch_size": options.batch_size, "max_batch_tokens": options.max_batch_tokens}
+            "batch_size": options.batch_size, "max_batch_tokens": budget}
 
 
 class _MemorySink:
