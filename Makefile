@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ihs-installed
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast lint install clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +18,24 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
+# The whole analysis of the default model on the built-in sets, and one HTML report (see README, "ihs run").
 demo: $(STAMP)
-	$(VENV)/bin/ihs extract --model smollm2-135m-instruct \
-		--data normal=builtin:normal --data malicious=builtin:malicious \
-		--limit 100 --out runs/demo --overwrite
-	$(VENV)/bin/ihs probe runs/demo --out runs/demo/probe
-	@echo "demo results: runs/demo (probe.json and figures in runs/demo/probe)"
+	$(VENV)/bin/ihs run --out runs/demo
+	@echo "demo report: $(CURDIR)/runs/demo/report.html"
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/pytest -q
+
+# Headless Chromium for the report's browser test: installed when running as root and missing; never fails
+# the target (without it the browser test skips and says why).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver for the browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+			>/dev/null 2>&1 || echo "note: could not install chromium; the browser test will be skipped"; \
+	else echo "note: chromium not installed (not root or no apt-get); the browser test will be skipped"; fi
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"

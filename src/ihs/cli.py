@@ -121,6 +121,8 @@ def _register() -> None:
     app.command("generate")(generate_cmd)
     app.command("graft")(graft_cmd)
     app.command("jailbreak")(jailbreak_cmd)
+    from ihs.run import run_cmd
+    app.command("run")(run_cmd)
 
 
 _register()

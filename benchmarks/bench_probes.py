@@ -1,0 +1,164 @@
+"""How long do per-layer probes take? (issue: 31 layers x 1,000 prompts should take seconds)
+
+Times ``ihs.analysis.probes.probe_store`` per classifier in cv mode (5 folds, shuffled-label
+control on, so 10 fits per layer, plus one full fit when the store has transfer sets), with 1 and
+2 worker processes; and compares the SVM that ihs uses (the paper's ``SVC(kernel="linear")``, standardised inputs) with
+``LinearSVC(loss="hinge")`` on the same splits, for real and for shuffled labels: time and
+agreement of their test predictions.
+
+Data: a real store (``--store runs/smollm2-paper``) or a synthetic one shaped like SmolLM2
+(1,000 prompts, 31 layer indices, d=576) whose class signal grows with depth and whose
+coordinates have a few large-scale "massive activation" dimensions, as real residual streams do.
+
+    .venv/bin/python benchmarks/bench_probes.py --out benchmarks/results/probes.json \\
+        --figure docs/figures/probes_bench.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def synthetic(n: int = 1000, layers: int = 31, dim: int = 576, seed: int = 0):
+    from ihs.store import ActivationStore
+
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n // 2)
+    scale = np.ones(dim)
+    scale[rng.choice(dim, 4, replace=False)] = 30.0  # a few massive-activation dimensions
+    direction = rng.normal(size=dim)
+    direction /= np.linalg.norm(direction)
+    H = np.empty((n, layers, dim), np.float32)
+    shared = rng.normal(size=(n, dim))
+    for layer in range(layers):
+        strength = 3.0 * min(1.0, layer / 6)  # chance at layer 0, separable from ~layer 3
+        noise = 0.6 * shared + 0.8 * rng.normal(size=(n, dim))
+        H[:, layer] = (noise * scale + strength * np.where(y == 1, 1, -1)[:, None] * direction).astype(np.float32)
+    labels = np.where(y == 1, "malicious", "normal")
+    return ActivationStore.from_arrays(H, labels, [f"prompt {i}" for i in range(n)])
+
+
+def svm_agreement(store, layers, folds: int = 5, seed: int = 42, shuffle: bool = False) -> dict:
+    """LinearSVC(hinge) vs SVC(kernel='linear') on the same standardised 5-fold splits."""
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+    from threadpoolctl import threadpool_limits
+
+    from ihs.analysis.probes import make_classifier
+
+    y = (np.asarray(store.labels) == "malicious").astype(int)
+    if shuffle:
+        y = np.random.default_rng(seed).permutation(y)
+    splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    t_lin = t_svc = 0.0
+    same, acc_lin, acc_svc = [], [], []
+    with threadpool_limits(1, user_api="blas"):
+        for layer in layers:
+            X = store.hidden[:, layer]
+            for tr, te in splits:
+                t = time.perf_counter()
+                a = make_pipeline(StandardScaler(), LinearSVC(loss="hinge", max_iter=5000)).fit(X[tr], y[tr]).predict(X[te])
+                t_lin += time.perf_counter() - t
+                t = time.perf_counter()
+                b = make_classifier("svm", "cv", seed).fit(X[tr], y[tr]).predict(X[te])
+                t_svc += time.perf_counter() - t
+                same.append(float(np.mean(a == b)))
+                acc_lin.append(float(np.mean(a == y[te])))
+                acc_svc.append(float(np.mean(b == y[te])))
+    return {"layers": list(layers), "fits": len(layers) * folds, "linearsvc_seconds": t_lin, "svc_seconds": t_svc,
+            "prediction_agreement": float(np.mean(same)), "min_fold_agreement": float(np.min(same)),
+            "mean_accuracy_linearsvc": float(np.mean(acc_lin)), "mean_accuracy_svc": float(np.mean(acc_svc))}
+
+
+def main() -> None:
+    from ihs.analysis.probes import probe_store
+    from ihs.store import ActivationStore
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", help="a real store directory (default: synthetic)")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--layers", type=int, default=31, help="layer indices (L+1) of the synthetic store")
+    ap.add_argument("--dim", type=int, default=576)
+    ap.add_argument("--classifiers", default="diffmean,logreg,svm,mlp")
+    ap.add_argument("--jobs", default="1,2", help="worker counts to time")
+    ap.add_argument("--mlp-jobs", default="2", help="worker counts for the (slow) MLP")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--figure", type=Path)
+    args = ap.parse_args()
+
+    store = ActivationStore.load(args.store) if args.store else synthetic(args.n, args.layers, args.dim)
+    shape = tuple(int(v) for v in store.hidden.shape)
+    print(f"data: {args.store or 'synthetic'} shape {shape} (N, L+1, d); cpu cores: {os.cpu_count()}", flush=True)
+    rows = []
+    for clf in args.classifiers.split(","):
+        for jobs in [int(j) for j in (args.mlp_jobs if clf == "mlp" else args.jobs).split(",")]:
+            load = os.getloadavg()[0]
+            t, cpu = time.perf_counter(), time.process_time()
+            res = probe_store(store, [clf], mode="cv", folds=5, control=True, bow=False, n_jobs=jobs)
+            wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+            entry = res["classifiers"][clf]
+            rows.append({"classifier": clf, "n_jobs": jobs, "seconds": wall,
+                         "cpu_seconds": cpu if jobs == 1 else None, "load_average_before": load,
+                         "fits": (10 + int(bool(res["sets"]))) * len(res["layers"]),
+                         "first_layer_95": entry["first_layer_95"], "best_accuracy": entry["best_accuracy"],
+                         "mean_control": float(np.mean(entry["control_accuracy"])),
+                         "not_converged_fits": entry["not_converged_fits"]})
+            print(f"{clf:9s} n_jobs={jobs}: {wall:6.1f} s wall" + (f", {cpu:6.1f} s CPU" if jobs == 1 else "")
+                  + f" for {rows[-1]['fits']} fits (load {load:.1f}) "
+                  f"(first >=0.95 at layer {entry['first_layer_95']}, best {entry['best_accuracy']:.3f}, "
+                  f"control {rows[-1]['mean_control']:.3f}, {entry['not_converged_fits']} fits not converged)",
+                  flush=True)
+    sample = list(range(0, shape[1], max(1, shape[1] // 6)))
+    agree = {}
+    for kind, shuffle in (("real labels", False), ("shuffled labels", True)):
+        a = agree[kind] = svm_agreement(store, sample, shuffle=shuffle)
+        print(f"svm, {kind}: SVC(kernel='linear') {a['svc_seconds']:.2f} s vs LinearSVC(hinge) "
+              f"{a['linearsvc_seconds']:.2f} s for {a['fits']} fits; predictions agree on "
+              f"{a['prediction_agreement']:.4f} (worst fold {a['min_fold_agreement']:.3f}); mean accuracy "
+              f"{a['mean_accuracy_svc']:.4f} vs {a['mean_accuracy_linearsvc']:.4f}", flush=True)
+    result = {"data": args.store or "synthetic", "shape": shape, "cpu_count": os.cpu_count(),
+              "machine": platform.platform(), "protocol": "cv, 5 folds, shuffled-label control",
+              "timings": rows, "svm_agreement": agree}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    if args.figure:
+        figure(result, args.figure)
+
+
+def figure(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["timings"]
+    labels = [f"{r['classifier']}\nn_jobs={r['n_jobs']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2, 3.4))
+    bars = ax.bar(range(len(rows)), [r["seconds"] for r in rows], color="tab:blue")
+    for bar, r in zip(bars, rows, strict=True):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{r['seconds']:.1f} s", ha="center",
+                va="bottom", fontsize=8)
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("wall seconds, all layers")
+    n, layers, d = result["shape"]
+    ax.set_title(f"probe fitting: {n} prompts x {layers} layers x d={d}, 5-fold CV + shuffled control "
+                 f"({result['cpu_count']} cores)", fontsize=9)
+    fig.text(0.01, -0.01, "python benchmarks/bench_probes.py" + (f" --store {result['data']}"
+             if result["data"] != "synthetic" else ""), fontsize=7, color="0.35", va="top", family="monospace")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    main()
