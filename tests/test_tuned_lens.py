@@ -96,7 +96,8 @@ def test_lens_cli_tuned(tmp_path, sharp_lm):
     kl = model["tuned_lens"]["store_kl"]
     assert len(kl["logit"]) == len(kl["tuned"]) == 4 and kl["tuned"][-1] == pytest.approx(0.0, abs=1e-5)
     assert model["tuned_lens"]["training"]["epochs"] == 1
-    assert (out / "lens_store_tuned_heatmap.png").exists() and (out / "lens_store_tuned_kl.png").exists()
+    for name in ("heatmap", "tuned_heatmap", "trajectory", "tuned_trajectory", "tuned_kl"):
+        assert (out / f"lens_store_{name}.png").exists(), name
     # a second run loads the saved lens instead of training again
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0 and "loaded" in result.output

@@ -9,7 +9,8 @@ store), and writes ``lens.json`` plus figures into ``--out``:
   over the layer range; the per-tokenizer lexicon check; the cross-model table.
 * ``lens_<store>_heatmap.png`` (TKIC heatmap over the layer range, one panel per class),
   ``lens_<store>_trajectory.png`` (negative / positive shares across layers, one line per class),
-  with ``--tuned`` also ``lens_<store>_tuned_heatmap.png`` and ``lens_<store>_tuned_kl.png``;
+  with ``--tuned`` also ``lens_<store>_tuned_heatmap.png``, ``lens_<store>_tuned_trajectory.png``
+  (logit lens solid, tuned lens dashed) and ``lens_<store>_tuned_kl.png``;
 * ``lens_models.md``: the cross-model table (TKIC next to refusal rate) as Markdown.
 
 The Python entry point is :func:`analyze_store`; the command is :func:`lens_cmd`.
@@ -460,16 +461,21 @@ def _figures(entry: dict[str, Any], out: Path, layer_range: tuple[int, int],
     tuned = entry["lenses"].get("tuned")
     layers = logit["association"]["layers"]
     plot_emotion_trajectory(_trajectory_series(logit, classes=classes), layers, out / f"lens_{name}_trajectory.png",
-                            f"{model}: emotion tokens in the top-{k} per layer", layer_range=layer_range,
-                            dashed=_trajectory_series(tuned, classes=classes) if tuned else None, top=f"top-{k}")
+                            f"{model}: emotion tokens in the logit-lens top-{k} per layer", layer_range=layer_range,
+                            top=f"top-{k}")
     if tuned:
+        plot_emotion_trajectory(_trajectory_series(logit, classes=classes), layers,
+                                out / f"lens_{name}_tuned_trajectory.png",
+                                f"{model}: emotion tokens in the top-{k} per layer, logit vs tuned lens",
+                                layer_range=layer_range, dashed=_trajectory_series(tuned, classes=classes),
+                                top=f"top-{k}")
         panels = _heatmap_panels(tuned, heat_range, classes)
         if panels:
             plot_consistency_heatmap(panels, out / f"lens_{name}_tuned_heatmap.png",
                                      f"{model}: tuned-lens top-{k} consistency, layers {lo}-{hi}")
         kl = entry["tuned_lens"]["store_kl"]
         plot_kl_by_layer({"logit lens": kl["logit"], "tuned lens": kl["tuned"]}, layers,
-                         out / f"lens_{name}_tuned_kl.png", f"{model}: KL to the final layer (store's last positions)")
+                         out / f"lens_{name}_tuned_kl.png", f"{model}: KL to the final layer, store's last positions")
 
 
 def _summary_line(entry: dict[str, Any]) -> str:

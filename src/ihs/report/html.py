@@ -297,7 +297,7 @@ def line_chart(
         label = f"{100 * v:.0f}%" if y_percent else f"{v:.2f}"
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
     span = x1 - x0
-    step = max(1, math.ceil(span / 12))
+    step = next((n for n in (1, 2, 3, 5, 10, 20, 25, 50, 100, 200, 500) if span / n <= 12), math.ceil(span / 12))
     first_tick = math.ceil(x0)
     for t in range(first_tick, int(math.floor(x1)) + 1):
         if (t - first_tick) % step:

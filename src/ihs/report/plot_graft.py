@@ -41,7 +41,8 @@ def _panel(ax: Any, sweep: dict[str, Any], metric: str, title: str, reference_la
     ci = "asr_ci95" if metric == "asr" else "refusal_ci95"
     lo = [e[ci][0] for e in sweep["layers"]]
     hi = [e[ci][1] for e in sweep["layers"]]
-    ax.plot(layers, values, "o-", color="C3", label=f"grafted (n={sweep['n_targets']} targets)")
+    donor = "one donor per target" if sweep.get("per_pair") else f"mean of {sweep['n_donors']} donors"
+    ax.plot(layers, values, "o-", color="C3", label=f"grafted, {donor} (n={sweep['n_targets']} targets)")
     ax.fill_between(layers, lo, hi, color="C3", alpha=0.15, lw=0)
     ax.axhline(sweep["baseline"][metric], color="0.3", ls="--", label=f"no graft: {sweep['baseline'][metric]:.2f}")
     ref = sweep.get("reference")

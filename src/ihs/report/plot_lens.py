@@ -121,7 +121,7 @@ def plot_consistency_heatmap(panels: Sequence[HeatmapPanel], path: str | Path, t
     fig = draw_consistency_heatmap(panels, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -192,7 +192,8 @@ def plot_emotion_trajectory(
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for ax, emotion in zip(axes, ("negative", "positive"), strict=True):
         if layer_range is not None:
-            ax.axvspan(layer_range[0] - 0.5, layer_range[1] + 0.5, color="#eeeeee", zorder=0)
+            ax.axvspan(layer_range[0] - 0.5, layer_range[1] + 0.5, color="#eeeeee", zorder=0,
+                       label=f"TKIC layer range {layer_range[0]}-{layer_range[1]}")
         for i, (label, by_emotion) in enumerate(series.items()):
             color = _class_color(label, i)
             ax.plot(layers, by_emotion[emotion], color=color, lw=1.8, marker="o", ms=2.5,
@@ -217,17 +218,25 @@ def plot_emotion_trajectory(
 
 @_literal_text
 def plot_kl_by_layer(kl: dict[str, Sequence[float]], layers: Sequence[int], path: str | Path, title: str = "") -> Path:
-    """KL(final || lens at layer l) per layer, one line per lens (log scale)."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    """KL(final || lens at layer l) per layer, one line per lens (log scale).
+
+    The last layer is left out: its KL to itself is 0 for every lens, which a log axis cannot show.
+    """
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
     for name, values in kl.items():
-        ax.plot(layers, values, marker="o", ms=3, label=name)
+        ax.plot(list(layers)[:-1], list(values)[:-1], marker="o", ms=3, label=name)
     ax.set_yscale("log")
+    # plain numbers: the default log labels are mathtext, which is switched off here
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(LAYER_AXIS, fontsize=8)
     ax.set_ylabel("KL(final layer || lens) [nats]", fontsize=8)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, frameon=False)
     if title:
-        ax.set_title(title, fontsize=10, parse_math=False)
+        ax.set_title(title, fontsize=9, parse_math=False)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
