@@ -1,16 +1,16 @@
 """How long do per-layer probes take? (issue: 31 layers x 1,000 prompts should take seconds)
 
-Times ``ihs.analysis.probes.probe_store`` per classifier in cv mode (5 folds, shuffled-label
-control on, so 10 fits per layer, plus one full fit when the store has transfer sets), with 1 and
-2 worker processes; and compares the SVM that ihs uses (the paper's ``SVC(kernel="linear")``, standardised inputs) with
-``LinearSVC(loss="hinge")`` on the same splits, for real and for shuffled labels: time and
-agreement of their test predictions.
+Times ``ihs.analysis.probes.probe_store`` per classifier in cv mode with 5 folds: the probe alone
+(5 fits per layer) and with the shuffled-label control (10 fits per layer), with 1 and 2 worker
+processes; wall and CPU seconds, since the 2-core machine is shared. Then compares the SVM that ihs
+uses (the paper's ``SVC(kernel="linear")``, on standardised inputs) with ``LinearSVC(loss="hinge")``
+on the same splits, for real and for shuffled labels: time and agreement of test predictions.
 
 Data: a real store (``--store runs/smollm2-paper``) or a synthetic one shaped like SmolLM2
 (1,000 prompts, 31 layer indices, d=576) whose class signal grows with depth and whose
 coordinates have a few large-scale "massive activation" dimensions, as real residual streams do.
 
-    .venv/bin/python benchmarks/bench_probes.py --out benchmarks/results/probes.json \\
+    .venv/bin/python benchmarks/bench_probes.py --mlp-jobs 1,2 --out benchmarks/results/probes.json \\
         --figure docs/figures/probes_bench.png
 """
 
@@ -99,24 +99,27 @@ def main() -> None:
     shape = tuple(int(v) for v in store.hidden.shape)
     print(f"data: {args.store or 'synthetic'} shape {shape} (N, L+1, d); cpu cores: {os.cpu_count()}", flush=True)
     rows = []
+    plan = []
     for clf in args.classifiers.split(","):
-        for jobs in [int(j) for j in (args.mlp_jobs if clf == "mlp" else args.jobs).split(",")]:
-            load = os.getloadavg()[0]
-            t, cpu = time.perf_counter(), time.process_time()
-            res = probe_store(store, [clf], mode="cv", folds=5, control=True, bow=False, n_jobs=jobs)
-            wall, cpu = time.perf_counter() - t, time.process_time() - cpu
-            entry = res["classifiers"][clf]
-            rows.append({"classifier": clf, "n_jobs": jobs, "seconds": wall,
-                         "cpu_seconds": cpu if jobs == 1 else None, "load_average_before": load,
-                         "fits": (10 + int(bool(res["sets"]))) * len(res["layers"]),
-                         "first_layer_95": entry["first_layer_95"], "best_accuracy": entry["best_accuracy"],
-                         "mean_control": float(np.mean(entry["control_accuracy"])),
-                         "not_converged_fits": entry["not_converged_fits"]})
-            print(f"{clf:9s} n_jobs={jobs}: {wall:6.1f} s wall" + (f", {cpu:6.1f} s CPU" if jobs == 1 else "")
-                  + f" for {rows[-1]['fits']} fits (load {load:.1f}) "
-                  f"(first >=0.95 at layer {entry['first_layer_95']}, best {entry['best_accuracy']:.3f}, "
-                  f"control {rows[-1]['mean_control']:.3f}, {entry['not_converged_fits']} fits not converged)",
-                  flush=True)
+        plan.append((clf, 1, False))  # the probe alone: 5 fits per layer
+        plan.extend((clf, int(j), True) for j in (args.mlp_jobs if clf == "mlp" else args.jobs).split(","))
+    for clf, jobs, control in plan:
+        load = os.getloadavg()[0]
+        t, cpu = time.perf_counter(), time.process_time()
+        res = probe_store(store, [clf], mode="cv", folds=5, control=control, bow=False, n_jobs=jobs)
+        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+        entry = res["classifiers"][clf]
+        rows.append({"classifier": clf, "n_jobs": jobs, "control": control, "seconds": wall,
+                     "cpu_seconds": cpu if jobs == 1 else None, "load_average_before": load,
+                     "fits": (5 * (1 + control) + int(bool(res["sets"]))) * len(res["layers"]),
+                     "first_layer_95": entry["first_layer_95"], "best_accuracy": entry["best_accuracy"],
+                     "mean_control": float(np.mean(entry["control_accuracy"])) if control else None,
+                     "not_converged_fits": entry["not_converged_fits"]})
+        print(f"{clf:9s} n_jobs={jobs} control={'on ' if control else 'off'}: {wall:6.1f} s wall"
+              + (f", {cpu:6.1f} s CPU" if jobs == 1 else "") + f" for {rows[-1]['fits']} fits (load {load:.1f}) "
+              f"(first >=0.95 at layer {entry['first_layer_95']}, best {entry['best_accuracy']:.3f}"
+              + (f", control {rows[-1]['mean_control']:.3f}" if control else "")
+              + f", {entry['not_converged_fits']} fits not converged)", flush=True)
     sample = list(range(0, shape[1], max(1, shape[1] // 6)))
     agree = {}
     for kind, shuffle in (("real labels", False), ("shuffled labels", True)):
@@ -142,17 +145,21 @@ def figure(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["timings"]
-    labels = [f"{r['classifier']}\nn_jobs={r['n_jobs']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2, 3.4))
-    bars = ax.bar(range(len(rows)), [r["seconds"] for r in rows], color="tab:blue")
-    for bar, r in zip(bars, rows, strict=True):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{r['seconds']:.1f} s", ha="center",
-                va="bottom", fontsize=8)
-    ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_ylabel("wall seconds, all layers")
+    labels = [f"{r['classifier']}\n{'+control' if r['control'] else 'probe only'}\nn_jobs={r['n_jobs']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(0.8 * len(rows) + 2, 3.8))
+    x = np.arange(len(rows))
+    wall = ax.bar(x - 0.2, [r["seconds"] for r in rows], 0.4, color="tab:blue", label="wall")
+    ax.bar(x + 0.2, [r["cpu_seconds"] or 0 for r in rows], 0.4, color="tab:orange", label="CPU (n_jobs=1 only)")
+    for bar, r in zip(wall, rows, strict=True):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{r['seconds']:.0f}", ha="center",
+                va="bottom", fontsize=7)
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel("seconds, all layers")
+    ax.legend(fontsize=8)
     n, layers, d = result["shape"]
-    ax.set_title(f"probe fitting: {n} prompts x {layers} layers x d={d}, 5-fold CV + shuffled control "
-                 f"({result['cpu_count']} cores)", fontsize=9)
+    loads = [r["load_average_before"] for r in rows]
+    ax.set_title(f"probe fitting: {n} prompts x {layers} layers x d={d}, 5-fold CV "
+                 f"({result['cpu_count']} cores, load average {min(loads):.1f}-{max(loads):.1f})", fontsize=9)
     fig.text(0.01, -0.01, "python benchmarks/bench_probes.py" + (f" --store {result['data']}"
              if result["data"] != "synthetic" else ""), fontsize=7, color="0.35", va="top", family="monospace")
     fig.tight_layout()

@@ -45,7 +45,7 @@ def _x(entry: dict[str, Any], normalised: bool) -> list[float]:
 def _save(fig: Any, out: Path, stem: str, caption: str | None, formats: Sequence[str]) -> list[Path]:
     if caption:
         # below the axes, outside the figure box: bbox_inches="tight" grows the canvas to fit it
-        fig.text(0.01, -0.01, _esc(caption), fontsize=7, color="0.35", ha="left", va="top", family="monospace")
+        fig.text(0.01, -0.035, _esc(caption), fontsize=7, color="0.35", ha="left", va="top", family="monospace")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
