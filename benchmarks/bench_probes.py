@@ -20,6 +20,8 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -128,7 +130,7 @@ def main() -> None:
               f"{a['linearsvc_seconds']:.2f} s for {a['fits']} fits; predictions agree on "
               f"{a['prediction_agreement']:.4f} (worst fold {a['min_fold_agreement']:.3f}); mean accuracy "
               f"{a['mean_accuracy_svc']:.4f} vs {a['mean_accuracy_linearsvc']:.4f}", flush=True)
-    result = {"data": args.store or "synthetic", "shape": shape, "cpu_count": os.cpu_count(),
+    result = {"command": shlex.join(["python", *sys.argv]), "data": args.store or "synthetic", "shape": shape, "cpu_count": os.cpu_count(),
               "machine": platform.platform(), "protocol": "cv, 5 folds, shuffled-label control",
               "timings": rows, "svm_agreement": agree}
     if args.out:
@@ -160,8 +162,8 @@ def figure(result: dict, path: Path) -> None:
     loads = [r["load_average_before"] for r in rows]
     ax.set_title(f"probe fitting: {n} prompts x {layers} layers x d={d}, 5-fold CV "
                  f"({result['cpu_count']} cores, load average {min(loads):.1f}-{max(loads):.1f})", fontsize=9)
-    fig.text(0.01, -0.01, "python benchmarks/bench_probes.py" + (f" --store {result['data']}"
-             if result["data"] != "synthetic" else ""), fontsize=7, color="0.35", va="top", family="monospace")
+    fig.text(0.01, -0.01, result.get("command", "python benchmarks/bench_probes.py"), fontsize=7, color="0.35",
+             va="top", family="monospace")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, bbox_inches="tight")

@@ -65,7 +65,11 @@ def test_batched_equals_unbatched_on_real_model(smollm2):
     batched = extract(smollm2, recs, None, ExtractOptions(batch_size=8), progress=False)
     for i, rec in enumerate(recs):
         single = extract(smollm2, [rec], None, ExtractOptions(batch_size=1), progress=False)
-        # SmolLM2 has a few "massive activation" dimensions (|h| ~ 540 in late layers), where float32
-        # rounding of batch-shaped matmuls alone reaches ~2e-4; elsewhere the difference stays under 1e-4.
-        np.testing.assert_allclose(batched.hidden[i], single.hidden[0], rtol=1e-6, atol=1e-4)
+        # SmolLM2's late layers carry "massive activation" dimensions (|h| ~ 540): float32 rounding of
+        # differently shaped matmuls then reaches ~2e-4 there (3e-7 of the layer's scale). So the bound
+        # is 1e-4 plus 1e-6 of each layer's largest magnitude; early layers meet 1e-4 outright.
+        diff = np.abs(batched.hidden[i] - single.hidden[0]).max(axis=1)
+        scale = np.abs(single.hidden[0]).max(axis=1)
+        assert (diff <= 1e-4 + 1e-6 * scale).all(), (diff.max(), scale.max())
+        assert diff[:20].max() < 1e-4
         assert (batched.lens_ids[i] == single.lens_ids[0]).all()
