@@ -23,6 +23,7 @@ import platform
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ def synthetic(n: int = 1000, layers: int = 31, dim: int = 576, seed: int = 0):
 
 def svm_agreement(store, layers, folds: int = 5, seed: int = 42, shuffle: bool = False) -> dict:
     """LinearSVC(hinge) vs SVC(kernel='linear') on the same standardised 5-fold splits."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -63,9 +65,14 @@ def svm_agreement(store, layers, folds: int = 5, seed: int = 42, shuffle: bool =
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     t_lin = t_svc = 0.0
     same, acc_lin, acc_svc = [], [], []
-    with threadpool_limits(1, user_api="blas"):
+    used = []
+    with threadpool_limits(1, user_api="blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # LinearSVC often stops at max_iter here
         for layer in layers:
             X = store.hidden[:, layer]
+            if np.ptp(X, axis=0).max() == 0:  # one state for every prompt (chat layer 0): nothing to compare
+                continue
+            used.append(layer)
             for tr, te in splits:
                 t = time.perf_counter()
                 a = make_pipeline(StandardScaler(), LinearSVC(loss="hinge", max_iter=5000)).fit(X[tr], y[tr]).predict(X[te])
@@ -76,7 +83,7 @@ def svm_agreement(store, layers, folds: int = 5, seed: int = 42, shuffle: bool =
                 same.append(float(np.mean(a == b)))
                 acc_lin.append(float(np.mean(a == y[te])))
                 acc_svc.append(float(np.mean(b == y[te])))
-    return {"layers": list(layers), "fits": len(layers) * folds, "linearsvc_seconds": t_lin, "svc_seconds": t_svc,
+    return {"layers": used, "fits": len(used) * folds, "linearsvc_seconds": t_lin, "svc_seconds": t_svc,
             "prediction_agreement": float(np.mean(same)), "min_fold_agreement": float(np.min(same)),
             "mean_accuracy_linearsvc": float(np.mean(acc_lin)), "mean_accuracy_svc": float(np.mean(acc_svc))}
 
