@@ -189,7 +189,7 @@ def plot_emotion_trajectory(
     ``series[label][emotion]`` gives one share per entry of ``layers``. ``dashed`` (same shape)
     is drawn dashed on the same axes, e.g. the tuned lens beside the logit lens.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), sharey=True)
     for ax, emotion in zip(axes, ("negative", "positive"), strict=True):
         if layer_range is not None:
             ax.axvspan(layer_range[0] - 0.5, layer_range[1] + 0.5, color="#eeeeee", zorder=0,
@@ -205,10 +205,13 @@ def plot_emotion_trajectory(
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("share of inputs", fontsize=9)
-    axes[1].legend(fontsize=7, loc="upper left", frameon=False)
+    handles, names = axes[1].get_legend_handles_labels()
+    ncol = min(len(names), 4)
+    rows = -(-len(names) // ncol) if names else 0
+    fig.legend(handles, names, loc="lower center", ncol=max(1, ncol), fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10, parse_math=False)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.045 * rows + 0.01, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
