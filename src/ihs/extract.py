@@ -47,7 +47,8 @@ class ExtractOptions:
     shard_mb: float = 32.0
 
 
-def _as_dict(record: Any) -> dict[str, Any]:
+def as_record_dict(record: Any) -> dict[str, Any]:
+    """A prompt record (``PromptRecord`` or mapping) as a plain dict."""
     if is_dataclass(record):
         return asdict(record)
     return dict(record)
@@ -218,7 +219,7 @@ def extract(
     kept and only missing rows are computed. ``out=None`` keeps everything in memory.
     """
     options = options or ExtractOptions()
-    records = [_as_dict(r) for r in records]
+    records = [as_record_dict(r) for r in records]
     if not records:
         raise StoreError("nothing to extract: the prompt set is empty")
     chat = uses_chat(lm.tokenizer, options.chat)

@@ -22,13 +22,13 @@ import re
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from ihs.errors import IhsError
-from ihs.extract import plan_batches
+from ihs.extract import as_record_dict, plan_batches
 from ihs.formatting import format_prompt, uses_chat
 from ihs.models.loading import LoadedModel
 from ihs.progress import progress_bar
@@ -253,10 +253,6 @@ def generate_batch(
     return results
 
 
-def _as_dict(record: Any) -> dict[str, Any]:
-    return asdict(record) if is_dataclass(record) else dict(record)
-
-
 @dataclass
 class GenerationRun:
     """Generations for a prompt set: one dict per prompt, in input order, plus timing."""
@@ -288,7 +284,7 @@ def generate(
     prompts left-padded, so ``positions="last"`` is each prompt's last token.
     """
     options = options or GenerateOptions()
-    recs = [_as_dict(r) for r in records]
+    recs = [as_record_dict(r) for r in records]
     if not recs:
         raise IhsError("nothing to generate: the prompt set is empty")
     chat = uses_chat(lm.tokenizer, options.chat)

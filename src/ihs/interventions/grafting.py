@@ -19,22 +19,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from ihs.errors import IhsError
-from ihs.extract import forward_last_states, plan_batches
+from ihs.extract import as_record_dict, forward_last_states, plan_batches
 from ihs.formatting import format_prompt, uses_chat
 from ihs.generation import GenerateOptions, Judge, generate, load_judge, rate
 from ihs.interventions.hooks import Edit, Intervention
 from ihs.models.loading import LoadedModel
 from ihs.progress import progress_bar
-
-
-def _as_dict(record: Any) -> dict[str, Any]:
-    return asdict(record) if is_dataclass(record) else dict(record)
 
 
 def parse_layers(spec: str | Sequence[int] | None, num_layers: int) -> list[int]:
@@ -82,7 +78,7 @@ def last_states(lm: LoadedModel, records: Sequence[Any], options: GenerateOption
                 progress: bool = False) -> torch.Tensor:
     """Last-position states (N, L+1, d) of prompts formatted exactly as :func:`generate` formats them."""
     options = options or GenerateOptions()
-    recs = [_as_dict(r) for r in records]
+    recs = [as_record_dict(r) for r in records]
     chat = uses_chat(lm.tokenizer, options.chat)
     budget = max(1, (options.max_length or lm.max_length) - options.max_new_tokens)
     ids = [format_prompt(lm.tokenizer, r["text"], chat, options.system_prompt, budget, options.truncate).ids
@@ -142,8 +138,8 @@ def graft_sweep(
     """
     options = options or GenerateOptions()
     judge_obj = load_judge(judge)
-    targets = [_as_dict(r) for r in targets]
-    donors = [_as_dict(r) for r in donors]
+    targets = [as_record_dict(r) for r in targets]
+    donors = [as_record_dict(r) for r in donors]
     if not targets or not donors:
         raise IhsError("grafting needs at least one target and one donor prompt")
     chosen = parse_layers(layers, lm.num_layers)
