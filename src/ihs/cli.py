@@ -28,11 +28,25 @@ def extract_cmd(
     data: list[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Store directory (created; re-running resumes)."),
     limit: int | None = typer.Option(None, help="Keep the first N distinct prompts of each dataset."),
+    limit_by: str | None = typer.Option(None, "--limit-by", help="Apply --limit per value of this tag too, e.g. lang."),
+    lang: str | None = typer.Option(None, "--lang", help="Language tag for prompts without one (a lang/language column wins)."),
     batch_size: int = typer.Option(32, help="Largest batch (prompts)."),
     max_batch_tokens: int | None = typer.Option(None, help="Largest batch in padded tokens (default: from free memory)."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps (default: cpu)."),
-    device_map: str | None = typer.Option(None, "--device-map", help="accelerate device map, e.g. auto."),
+    device_map: str | None = typer.Option(
+        None, "--device-map", help="Spread the model over devices (accelerate): auto, balanced, sequential, "
+        "or a JSON {module: device}, inline or a .json file."),
+    max_memory: str | None = typer.Option(
+        None, "--max-memory", help="Cap per device with --device-map, e.g. 0=20GiB,1=20GiB,cpu=64GiB."),
+    offload_folder: Path | None = typer.Option(None, help="Where weights that fit nowhere are offloaded."),
+    ray: str | None = typer.Option(
+        None, "--ray", metavar="[ADDRESS]",
+        help="Extract on a Ray cluster: --ray alone (or --ray local) starts a local one; --ray ADDRESS joins one "
+        "(e.g. auto, ray://head:10001). The store must be on a filesystem every worker sees."),
+    ray_actors: int = typer.Option(2, help="Ray actors (each loads the model once)."),
+    ray_threads: int = typer.Option(1, help="CPUs and torch threads per Ray actor."),
+    ray_gpus: float = typer.Option(0.0, help="GPUs per Ray actor (0: CPU actors)."),
     chat: bool | None = typer.Option(None, "--chat/--no-chat", help="Use the chat template (default: when the tokenizer has one)."),
     system_prompt: str | None = typer.Option(None, help="System prompt for chat formatting."),
     k: int = typer.Option(5, "--k", help="Logit-lens top-k kept per layer."),
@@ -51,13 +65,25 @@ def extract_cmd(
 
     if store_dtype not in ("float32", "float16"):
         raise IhsError(f"--store-dtype must be float32 or float16, got {store_dtype}")
-    records, report = prepare(data or [], limit=limit, final_punct=final_punct)
+    records, report = prepare(data or [], limit=limit, final_punct=final_punct, lang=lang, limit_by=limit_by)
     console.print(_cleaning_line(report))
-    lm = load_model(model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code)
     options = ExtractOptions(chat=chat, system_prompt=system_prompt, k=k, batch_size=batch_size,
                              max_batch_tokens=max_batch_tokens, max_length=max_length,
                              truncate=not no_truncate, store_dtype=store_dtype)
-    store = extract(lm, records, out, options, overwrite=overwrite)
+    load_args = dict(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                     offload_folder=str(offload_folder) if offload_folder else None,
+                     trust_remote_code=trust_remote_code)
+    if ray is not None:
+        from ihs.distributed.ray_extract import RayOptions, ray_extract
+        from ihs.models.devices import parse_device_map, parse_max_memory
+
+        parse_device_map(device_map), parse_max_memory(max_memory)  # bad specs fail here, not on every actor
+        store = ray_extract({"name": model, **load_args}, records, out, options,
+                            RayOptions(address=ray, actors=ray_actors, threads=ray_threads, gpus=ray_gpus),
+                            overwrite=overwrite)
+    else:
+        lm = load_model(model, **load_args)
+        store = extract(lm, records, out, options, overwrite=overwrite)
     run = (store.manifest.get("runs") or [{}])[-1]
     rate = run.get("prompts_per_s")
     console.print(
@@ -123,15 +149,29 @@ def _register() -> None:
     app.command("jailbreak")(jailbreak_cmd)
     from ihs.run import run_cmd
     app.command("run")(run_cmd)
+    from ihs.interventions.defense_cli import app as defend_app
+    app.add_typer(defend_app, name="defend", help="Probe-conditioned steering defense: direction, evaluate, sweep.")
+    from ihs.guard.cli import app as guard_app
+    app.add_typer(guard_app, name="guard", help="Probe-based harmful-request detector: fit, score, eval, serve.")
 
 
 _register()
 
 
+def expand_ray_flag(argv: list[str]) -> list[str]:
+    """``--ray`` with no address (last, or followed by another option) means ``--ray local``."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("local")
+    return out
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app()
+        app(args=expand_ray_flag(sys.argv[1:]))
     except IhsError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)

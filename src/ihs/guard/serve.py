@@ -1,0 +1,308 @@
+"""The guard as an HTTP service: FastAPI app factory, micro-batching worker, uvicorn runner.
+
+``POST /v1/score`` takes ``{"prompts": [...]}`` and answers one probability and verdict per
+prompt; ``GET /healthz`` says the service is up and what it runs; ``/openapi.json`` and ``/docs``
+describe it. One worker thread owns the model and the tokenizer: request handlers only validate
+and queue, and the worker takes every request that arrives within ``batch_window_ms`` of the
+first (up to ``max_batch_prompts`` prompts) into one early-exit forward pass.
+
+Bad input never reaches the model and never takes the service down: a body over
+``max_body_bytes``, more than ``max_prompts`` prompts, or a prompt over ``max_prompt_chars``
+characters or ``max_prompt_tokens`` tokens get 413; malformed JSON, non-UTF-8 bytes, a wrong
+shape or an empty list get 422; each with a one-line ``detail``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import queue
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from scipy.special import expit
+
+from ihs.guard.early_exit import states_at_layer_batched
+from ihs.guard.guard import Guard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeLimits:
+    """Request limits and batching settings of the service."""
+
+    max_prompts: int = 64
+    max_prompt_chars: int = 16000
+    max_prompt_tokens: int = 2048
+    max_body_bytes: int = 1_000_000
+    batch_window_ms: float = 5.0
+    max_batch_prompts: int = 64
+    max_batch_tokens: int = 8192
+    max_queue: int = 4096
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[str] = Field(..., description="Prompts to score (raw user text; the guard applies the chat template).")
+
+
+class PromptScore(BaseModel):
+    probability: float = Field(..., description="P(malicious) from the probe.")
+    malicious: bool = Field(..., description="probability > threshold (the guard's calibrated threshold).")
+    n_tokens: int = Field(..., description="Tokens the model saw for this prompt (after formatting).")
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    layer: int
+    threshold: float
+    results: list[PromptScore]
+
+
+class RequestError(Exception):
+    """A request the service refuses, with its HTTP status."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class _Job:
+    prompts: list[str]
+    future: concurrent.futures.Future
+
+
+class MicroBatcher:
+    """One thread that owns the model: gathers queued requests into batches and scores them."""
+
+    def __init__(self, guard: Guard, limits: ServeLimits) -> None:
+        self.guard = guard
+        self.limits = limits
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=limits.max_queue)
+        self._thread: threading.Thread | None = None
+        self.stats = {"requests": 0, "prompts": 0, "batches": 0, "busy_seconds": 0.0, "largest_batch": 0}
+
+    def start(self) -> MicroBatcher:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ihs-guard-worker", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, prompts: list[str]) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            self._queue.put_nowait(_Job(prompts, fut))
+        except queue.Full:
+            fut.set_exception(RequestError(503, "the service is overloaded (queue full); retry later"))
+        return fut
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
+        jobs, n = [first], len(first.prompts)
+        deadline = time.perf_counter() + self.limits.batch_window_ms / 1000
+        while n < self.limits.max_batch_prompts:
+            wait = deadline - time.perf_counter()
+            try:
+                job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+            n += len(job.prompts)
+        return jobs, False
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs, stop = self._gather(first)
+            try:
+                self._score(jobs)
+            except Exception as exc:  # never let one bad batch kill the worker
+                log.exception("guard worker failed on a batch")
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(RequestError(500, f"scoring failed: {type(exc).__name__}: {exc}"))
+            if stop:
+                return
+
+    def _score(self, jobs: list[_Job]) -> None:
+        t0 = time.perf_counter()
+        guard = self.guard
+        live: list[tuple[_Job, list[Any]]] = []
+        for job in jobs:
+            formatted = guard.format(job.prompts)
+            long = [(i, len(f.ids)) for i, f in enumerate(formatted) if len(f.ids) > self.limits.max_prompt_tokens]
+            if long:
+                i, n = long[0]
+                job.future.set_exception(RequestError(
+                    413, f"prompt {i} is {n} tokens after formatting, over the limit of {self.limits.max_prompt_tokens}"))
+                continue
+            live.append((job, formatted))
+        if not live:
+            return
+        ids = [f.ids for _, fs in live for f in fs]
+        states = states_at_layer_batched(guard.lm, ids, guard.layer, batch_size=self.limits.max_batch_prompts,
+                                         max_batch_tokens=self.limits.max_batch_tokens)
+        decision = guard.decision_states(states)
+        prob = expit(decision)
+        start = 0
+        for job, fs in live:
+            end = start + len(fs)
+            job.future.set_result([
+                {"probability": float(prob[i]), "malicious": bool(decision[i] > guard.threshold_logit),
+                 "n_tokens": len(f.ids)} for i, f in zip(range(start, end), fs, strict=True)])
+            start = end
+        s = self.stats
+        s["requests"] += len(live)
+        s["prompts"] += len(ids)
+        s["batches"] += 1
+        s["largest_batch"] = max(s["largest_batch"], len(ids))
+        s["busy_seconds"] += time.perf_counter() - t0
+
+
+def _parse(body: bytes, limits: ServeLimits) -> list[str]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(422, f"request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(422, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    try:
+        req = ScoreRequest.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise RequestError(422, f'expected {{"prompts": [string, ...]}}: {where}: {first.get("msg")}') from None
+    if not req.prompts:
+        raise RequestError(422, "prompts is an empty list; send at least one prompt")
+    if len(req.prompts) > limits.max_prompts:
+        raise RequestError(413, f"{len(req.prompts)} prompts in one request, over the limit of {limits.max_prompts}")
+    for i, p in enumerate(req.prompts):
+        if len(p) > limits.max_prompt_chars:
+            raise RequestError(413, f"prompt {i} is {len(p)} characters, over the limit of {limits.max_prompt_chars}")
+        if not p.strip():
+            raise RequestError(422, f"prompt {i} is empty")
+    return req.prompts
+
+
+def create_app(guard: Guard, limits: ServeLimits | None = None) -> Any:
+    """A FastAPI app serving ``guard`` (which must have its model attached)."""
+    import ihs
+
+    limits = limits or ServeLimits()
+    if guard.lm is None:
+        raise ValueError("create_app needs a guard with its model attached (Guard.load(dir, lm=...))")
+    batcher = MicroBatcher(guard, limits)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(batcher.stop)
+
+    app = FastAPI(title="ihs guard", version=ihs.__version__, lifespan=lifespan,
+                  description=f"Probe-based harmful-request detector on {guard.model_name}, layer {guard.layer} "
+                              f"(early exit), threshold {guard.threshold:.4g} for a {guard.target_fpr:.2%} target FPR.")
+    app.state.batcher = batcher
+    app.state.limits = limits
+
+    def error(status: int, detail: str) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": guard.model_name, "layer": guard.layer, "num_layers":
+                guard.model.get("num_layers"), "threshold": guard.threshold, "target_fpr": guard.target_fpr,
+                "queued": batcher.queued, "stats": dict(batcher.stats), "limits": asdict(limits)}
+
+    body_schema = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": ScoreRequest.model_json_schema()}}}}
+    err = {"description": "refused: see detail", "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"detail": {"type": "string"}}}}}}
+
+    @app.post("/v1/score", response_model=ScoreResponse, openapi_extra=body_schema,
+              responses={413: err, 422: err, 503: err})
+    async def score(request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limits.max_body_bytes:
+                    return error(413, f"request body of {int(declared)} bytes, over the limit of {limits.max_body_bytes}")
+            except ValueError:
+                return error(422, "bad Content-Length header")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limits.max_body_bytes:
+                return error(413, f"request body over the limit of {limits.max_body_bytes} bytes")
+        try:
+            prompts = _parse(bytes(body), limits)
+            results = await asyncio.wrap_future(batcher.submit(prompts))
+        except RequestError as exc:
+            return error(exc.status, exc.detail)
+        return {"model": guard.model_name, "layer": guard.layer, "threshold": guard.threshold, "results": results}
+
+    return app
+
+
+class BackgroundServer:
+    """A real uvicorn server on a background thread (tests, benchmarks): ``with BackgroundServer(app) as url``."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                                    lifespan="on", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, name="ihs-guard-server", daemon=True)
+        self.host = host
+        self.port = port
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the guard server did not start")
+            time.sleep(0.02)
+        if self.port == 0:
+            self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://{self.host}:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def run_server(guard: Guard, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None,
+               log_level: str = "info") -> None:
+    """Serve ``guard`` with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(guard, limits), host=host, port=port, log_level=log_level, access_log=False)
