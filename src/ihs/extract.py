@@ -27,6 +27,7 @@ import ihs
 from ihs.errors import StoreError
 from ihs.formatting import FormattedPrompt, format_prompt, uses_chat
 from ihs.models.anatomy import block_output
+from ihs.models.devices import execution_device, used_devices
 from ihs.models.loading import LoadedModel
 from ihs.progress import console, progress_bar
 from ihs.store import ActivationStore, StoreWriter, read_manifest, shard_files
@@ -99,7 +100,7 @@ class LastTokenRecorder:
 
 def lens_topk(lm: LoadedModel, states: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k token ids and logits of the logit lens for states of shape (B, L+1, d), layer by layer."""
-    device = lm.anatomy.unembed.weight.device
+    device = execution_device(lm.anatomy.final_norm)
     ids, logits = [], []
     for layer in range(states.shape[1]):
         layer_logits = lm.anatomy.lens(states[:, layer].to(device)).float()
@@ -150,8 +151,9 @@ def auto_batch_tokens(lm: LoadedModel, longest: int) -> int:
     heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 16))
     itemsize = torch.tensor([], dtype=lm.dtype).element_size()
     per_token = itemsize * (8 * d + 3 * inter + 2 * heads * max(longest, 1))
-    budget = int(0.2 * _free_memory_bytes(lm.input_device) / per_token)
-    cap = 65536 if lm.input_device.type == "cuda" else 8192
+    devices = used_devices(lm)  # under a device map: the tightest device bounds the batch
+    budget = int(0.2 * min(_free_memory_bytes(d) for d in devices) / per_token)
+    cap = 65536 if any(d.type == "cuda" for d in devices) else 8192
     return max(longest, min(budget, cap))
 
 
@@ -205,20 +207,23 @@ def build_manifest(lm: LoadedModel, options: ExtractOptions, chat: bool, n: int,
     }
 
 
-def extract(
-    lm: LoadedModel,
-    records: Sequence[Any],
-    out: str | Path | None = None,
-    options: ExtractOptions | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> ActivationStore:
-    """Extract last-position states and lens top-k for ``records`` into a store at ``out``.
+@dataclass
+class ExtractPlan:
+    """Everything decided before the first forward pass: rows, exact ids, manifest."""
 
-    Re-running the same call on the same directory resumes: finished shards are
-    kept and only missing rows are computed. ``out=None`` keeps everything in memory.
-    """
-    options = options or ExtractOptions()
+    planned: list[dict[str, Any]]  # prompts.jsonl, one row per prompt, in row order
+    formatted: list[FormattedPrompt]
+    lengths: list[int]
+    manifest: dict[str, Any]
+
+    def rows_info(self, rows: Sequence[int]) -> list[dict[str, Any]]:
+        """Per-row formatting details kept in a shard's metadata."""
+        return [{"formatted": self.formatted[r].text, "n_tokens": len(self.formatted[r].ids),
+                 "truncated": self.formatted[r].truncated} for r in rows]
+
+
+def plan_extraction(lm: LoadedModel, records: Sequence[Any], options: ExtractOptions) -> ExtractPlan:
+    """Format every prompt exactly as the model will see it and build the store's manifest."""
     records = [as_record_dict(r) for r in records]
     if not records:
         raise StoreError("nothing to extract: the prompt set is empty")
@@ -240,37 +245,65 @@ def extract(
         {"id": r["id"], "text": r["text"], "label": r["label"], "dataset": r.get("dataset", ""), "tags": r.get("tags", {})}
         for r in records
     ]
+    return ExtractPlan(planned, formatted, lengths, manifest)
 
-    if out is None:
-        return _extract_in_memory(lm, planned, formatted, lengths, manifest, options, progress)
 
+def open_store(out: str | Path, plan: ExtractPlan, options: ExtractOptions, overwrite: bool = False) -> StoreWriter:
+    """A writer on ``out``: a new store, or the same plan's partial store to resume; anything else is refused."""
     out = Path(out)
     existing = read_manifest(out)
     if existing is not None:
-        reason = StoreWriter.compatible(existing, manifest)
+        reason = StoreWriter.compatible(existing, plan.manifest)
         if reason and not overwrite:
             raise StoreError(f"output directory {out} cannot be used: {reason}; choose another --out or pass --overwrite")
         if reason and overwrite:
             _clear_store(out)
     elif out.exists() and any(out.iterdir()) and not overwrite:
         raise StoreError(f"output directory {out} is not empty and holds no store; choose another --out")
+    return StoreWriter(out, plan.manifest, plan.planned, store_dtype=options.store_dtype)
 
-    writer = StoreWriter(out, manifest, planned, store_dtype=options.store_dtype)
+
+def rows_per_shard(num_layers: int, hidden_size: int, options: ExtractOptions) -> int:
+    bytes_per_row = (num_layers + 1) * hidden_size * np.dtype(options.store_dtype).itemsize
+    return max(1, int(options.shard_mb * 2**20 // bytes_per_row))
+
+
+def extract(
+    lm: LoadedModel,
+    records: Sequence[Any],
+    out: str | Path | None = None,
+    options: ExtractOptions | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> ActivationStore:
+    """Extract last-position states and lens top-k for ``records`` into a store at ``out``.
+
+    Re-running the same call on the same directory resumes: finished shards are
+    kept and only missing rows are computed. ``out=None`` keeps everything in memory.
+    """
+    options = options or ExtractOptions()
+    plan = plan_extraction(lm, records, options)
+    planned, formatted, lengths, manifest = plan.planned, plan.formatted, plan.lengths, plan.manifest
+
+    if out is None:
+        return _extract_in_memory(lm, planned, formatted, lengths, manifest, options, progress)
+
+    out = Path(out)
+    writer = open_store(out, plan, options, overwrite)
     done = writer.done_rows()
-    todo = [r for r in range(len(records)) if r not in done]
+    todo = [r for r in range(len(planned)) if r not in done]
     if done:
-        console.print(f"resuming: {len(done)} of {len(records)} prompts already in {out}")
-    bytes_per_row = (lm.num_layers + 1) * lm.hidden_size * np.dtype(options.store_dtype).itemsize
-    rows_per_shard = max(1, int(options.shard_mb * 2**20 // bytes_per_row))
+        console.print(f"resuming: {len(done)} of {len(planned)} prompts already in {out}")
     writer.start()
     try:
-        stats = _run(lm, formatted, lengths, todo, options, progress, writer, rows_per_shard)
+        stats = _run(lm, formatted, lengths, todo, options, progress, writer,
+                     rows_per_shard(lm.num_layers, lm.hidden_size, options))
     except BaseException:
         # Keep every finished shard so that a re-run resumes; never mark the store complete.
         writer.close(complete=False)
         raise
     writer.flush()
-    lens_tokens = _decode_tokens(lm, _all_lens_ids(out))
+    lens_tokens = decode_tokens(lm, all_lens_ids(out))
     writer.close(lens_tokens=lens_tokens, complete=True, stats=stats)
     return ActivationStore.load(out)
 
@@ -344,11 +377,11 @@ def _extract_in_memory(lm, planned, formatted, lengths, manifest, options, progr
         manifest=manifest,
         lens_ids=lens_ids,
         lens_logits=np.concatenate([p[3] for p in sink.parts])[order],
-        lens_tokens=_decode_tokens(lm, np.unique(lens_ids)),
+        lens_tokens=decode_tokens(lm, np.unique(lens_ids)),
     )
 
 
-def _all_lens_ids(out: Path) -> np.ndarray:
+def all_lens_ids(out: Path) -> np.ndarray:
     from safetensors import safe_open
 
     found: list[np.ndarray] = []
@@ -358,5 +391,5 @@ def _all_lens_ids(out: Path) -> np.ndarray:
     return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
 
 
-def _decode_tokens(lm: LoadedModel, token_ids: np.ndarray) -> dict[int, str]:
+def decode_tokens(lm: LoadedModel, token_ids: np.ndarray) -> dict[int, str]:
     return {int(t): lm.tokenizer.decode([int(t)]) for t in token_ids}

@@ -320,16 +320,12 @@ class StoreWriter:
         self._queue.put((index, rows, hidden, lens_ids, lens_logits, rows_info))
 
     def _write(self, index, rows, hidden, lens_ids, lens_logits, rows_info) -> None:
-        final = self.shard_dir / f"shard-{index:06d}.safetensors"
-        tmp = self.shard_dir / f".shard-{index:06d}.tmp-{os.getpid()}"
-        tensors = {
-            "rows": np.ascontiguousarray(rows, dtype=np.int64),
-            "hidden": np.ascontiguousarray(hidden, dtype=self.store_dtype),
-            "lens_ids": np.ascontiguousarray(lens_ids, dtype=np.int32),
-            "lens_logits": np.ascontiguousarray(lens_logits, dtype=np.float32),
-        }
-        save_file(tensors, str(tmp), metadata={"rows_info": json.dumps(rows_info, ensure_ascii=False)})
-        os.replace(tmp, final)
+        write_shard(self.shard_dir, index, rows, hidden, lens_ids, lens_logits, rows_info, self.store_dtype)
+
+    @property
+    def next_shard(self) -> int:
+        """Index the next shard gets (one past the highest shard on disk when resuming)."""
+        return self._next_shard
 
     def flush(self) -> None:
         """Wait until every queued shard is on disk (stops the writer thread)."""
@@ -360,6 +356,22 @@ class StoreWriter:
         if stats:
             manifest.setdefault("runs", []).append(stats)
         _atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=2))
+
+
+def write_shard(shard_dir: Path, index: int, rows: np.ndarray, hidden: np.ndarray, lens_ids: np.ndarray,
+                lens_logits: np.ndarray, rows_info: list[dict[str, Any]], store_dtype: str | np.dtype = "float32") -> Path:
+    """Write one shard atomically (temporary name, then rename): a killed writer leaves all of it or none."""
+    final = Path(shard_dir) / f"shard-{index:06d}.safetensors"
+    tmp = Path(shard_dir) / f".shard-{index:06d}.tmp-{os.getpid()}"
+    tensors = {
+        "rows": np.ascontiguousarray(rows, dtype=np.int64),
+        "hidden": np.ascontiguousarray(hidden, dtype=np.dtype(store_dtype)),
+        "lens_ids": np.ascontiguousarray(lens_ids, dtype=np.int32),
+        "lens_logits": np.ascontiguousarray(lens_logits, dtype=np.float32),
+    }
+    save_file(tensors, str(tmp), metadata={"rows_info": json.dumps(rows_info, ensure_ascii=False)})
+    os.replace(tmp, final)
+    return final
 
 
 def iter_batches(items: Sequence[int], size: int) -> Iterable[list[int]]:

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from ihs.errors import StoreError
 from ihs.models.anatomy import block_output
+from ihs.models.devices import execution_device
 from ihs.models.loading import LoadedModel
 from ihs.progress import progress_bar
 
@@ -217,7 +218,7 @@ def collect_states(
 # -- training and evaluation -----------------------------------------------------------------------
 
 def _log_probs(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
-    device = lm.anatomy.unembed.weight.device
+    device = execution_device(lm.anatomy.final_norm)
     return F.log_softmax(lm.anatomy.lens(hidden.to(device)).float(), dim=-1)
 
 
@@ -253,7 +254,7 @@ def tuned_topk(lm: LoadedModel, tuned: TunedLens, hidden: np.ndarray | torch.Ten
     hidden = torch.as_tensor(hidden, dtype=torch.float32)
     ids = np.zeros((hidden.shape[0], hidden.shape[1], k), dtype=np.int64)
     vals = np.zeros((hidden.shape[0], hidden.shape[1], k), dtype=np.float32)
-    device = lm.anatomy.unembed.weight.device
+    device = execution_device(lm.anatomy.final_norm)
     for start in range(0, hidden.shape[0], batch):
         chunk = hidden[start:start + batch]
         for layer in range(hidden.shape[1]):
@@ -313,7 +314,7 @@ def train_tuned_lens(
     sched = torch.optim.lr_scheduler.LambdaLR(optim, schedule)
     train_curve: list[float] = []
     started = time.perf_counter()
-    device = lm.anatomy.unembed.weight.device
+    device = execution_device(lm.anatomy.final_norm)
     with progress_bar("tuned lens", total=total_steps, unit="steps", enabled=progress) as advance:
         for _ in range(epochs):
             order = train_idx[torch.randperm(len(train_idx), generator=gen)]

@@ -70,8 +70,12 @@ class Anatomy:
         Applies the final norm exactly once, so it must receive block outputs,
         never Hugging Face's last ``hidden_states`` entry (already normed).
         """
-        normed = self.final_norm(hidden.to(self.unembed.weight.dtype))
-        logits = self.unembed(normed)
+        from ihs.models.devices import execution_device
+
+        # Under a device map the norm and the unembedding may sit on different devices (or be
+        # offloaded, with weights on "meta"): send the state to where each one computes.
+        normed = self.final_norm(hidden.to(execution_device(self.final_norm), self.unembed.weight.dtype))
+        logits = self.unembed(normed.to(execution_device(self.unembed)))
         if self.logit_softcap:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits

@@ -67,8 +67,10 @@ class LoadedModel:
 
     @property
     def input_device(self) -> torch.device:
-        """Device of the embedding: where inputs go, also under a multi-device map."""
-        return self.model.get_input_embeddings().weight.device
+        """Where the embedding computes: where inputs go, also under a multi-device map or offloading."""
+        from ihs.models.devices import execution_device
+
+        return execution_device(self.model.get_input_embeddings())
 
     def fingerprint(self) -> str:
         return str(self.identity.get("sha256") or self.identity.get("revision") or self.name)
@@ -123,26 +125,47 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str | None = None,
     device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
+    offload_folder: str | None = None,
     trust_remote_code: bool = False,
     blocks_path: str | None = None,
     norm_path: str | None = None,
     backbone_path: str | None = None,
     pull: bool = True,
 ) -> LoadedModel:
-    """Load a causal LM by zoo name, GGUF file, local folder or hub id."""
+    """Load a causal LM by zoo name, GGUF file, local folder or hub id.
+
+    ``device_map`` (``auto``, ``balanced``, ``sequential``, or {module: device}) spreads the
+    blocks over devices with accelerate; ``max_memory`` (``0=20GiB,1=20GiB,cpu=64GiB`` or a
+    dict) caps each device, and what does not fit is offloaded (to ``offload_folder`` when given).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ihs.models.devices import parse_device_map, parse_max_memory
+
     torch_dtype = parse_dtype(dtype)
+    device_map = parse_device_map(device_map)
+    limits = parse_max_memory(max_memory)
+    if limits is not None and device_map is None:
+        raise ModelError("--max-memory needs --device-map (e.g. --device-map auto)")
+    if device_map is not None and device is not None:
+        raise ModelError("give either --device or --device-map, not both")
     source, identity, display = _resolve_source(name_or_path, pull)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
     if device_map is not None:
         kwargs["device_map"] = device_map
+        if limits is not None:
+            kwargs["max_memory"] = limits
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"could not load model '{name_or_path}': {first}") from exc
+    from ihs.models.devices import execution_device
+
     if identity["source"] == "hub":
         identity["revision"] = getattr(model.config, "_commit_hash", None)
     model.eval()
@@ -162,7 +185,7 @@ def load_model(
         name=display,
         identity=identity,
         dtype=torch_dtype,
-        device=model.get_input_embeddings().weight.device,
+        device=execution_device(model.get_input_embeddings()),
         max_length=max_length,
     )
 
@@ -185,8 +208,10 @@ def from_modules(model: Any, tokenizer: Any, name: str = "custom", **anatomy_ove
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     param = next(model.parameters())
+    from ihs.models.devices import execution_device
+
     digest = hashlib.sha256()
-    for tensor in list(model.state_dict().values())[:4]:
+    for tensor in [t for t in model.state_dict().values() if t.device.type != "meta"][:4]:
         digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
     return LoadedModel(
         model=model,
@@ -196,6 +221,6 @@ def from_modules(model: Any, tokenizer: Any, name: str = "custom", **anatomy_ove
         identity={"source": "memory", "id": name, "revision": "mem-" + digest.hexdigest()[:16],
                   "model_type": anatomy.family},
         dtype=param.dtype,
-        device=param.device,
+        device=execution_device(model.get_input_embeddings()),
         max_length=_context_length(model.config, tokenizer),
     )
