@@ -82,6 +82,7 @@ class StoreProbe:
     model_identity: dict[str, Any] = field(default_factory=dict)
 
     def score_states(self, states: np.ndarray) -> np.ndarray:
+        """P(positive class); a state is flagged when this is above ``threshold``."""
         return self.estimator.predict_proba(np.asarray(states, dtype=np.float64))[:, 1]
 
     @classmethod
@@ -110,6 +111,9 @@ class StoreProbe:
 
 def check_same_model(lm: LoadedModel, *things: Any) -> None:
     """Refuse a guard or direction made on another model (compared by GGUF sha256 / fingerprint when both say)."""
+    for thing in things:
+        if callable(getattr(thing, "check_model", None)):
+            thing.check_model(lm)
     mine = {lm.identity.get("sha256"), lm.fingerprint()} - {None, ""}
     for thing in things:
         ident = getattr(thing, "model_identity", None) or getattr(thing, "model", None) or {}
@@ -117,6 +121,15 @@ def check_same_model(lm: LoadedModel, *things: Any) -> None:
         if theirs and mine and not theirs & mine:
             raise IhsError(f"{type(thing).__name__} was made on another model ({sorted(theirs)[0][:16]}...) "
                            f"than {lm.name} ({sorted(mine)[0][:16]}...)")
+
+
+def flag(guard: Scorer, states: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The guard's verdicts: its own ``verdict_states`` when it has one (ihs.guard compares on the
+    logit scale), else ``score > threshold``."""
+    verdict = getattr(guard, "verdict_states", None)
+    if callable(verdict):
+        return np.asarray(verdict(states), dtype=bool).reshape(-1)
+    return np.asarray(scores) > float(guard.threshold)
 
 
 # -- the intervention --------------------------------------------------------------------
@@ -162,7 +175,7 @@ class ConditionalSteering(Intervention):
         self.scores = np.asarray(self.guard.score_states(states), dtype=np.float64).reshape(-1)
         if self.scores.shape[0] != hidden.shape[0]:
             raise IhsError(f"the guard returned {self.scores.shape[0]} scores for {hidden.shape[0]} rows")
-        self.flagged = self.scores >= float(self.guard.threshold)
+        self.flagged = flag(self.guard, states, self.scores)
 
     def _steered_rows(self, batch: int, device: torch.device) -> torch.Tensor:
         if self._rows is None or self._rows.device != device:
@@ -225,8 +238,9 @@ def steering_vectors(directions: SteeringDirections, setting: DefenseSetting) ->
 
 
 def defense_factory(lm: LoadedModel, guard: Scorer | None, directions: SteeringDirections | None,
-                    setting: DefenseSetting | None, scores: dict[int, float] | None = None) -> Callable[[list[int]], Any]:
-    """For :func:`ihs.generation.generate`: one ConditionalSteering per batch; ``scores[record index]`` is filled in.
+                    setting: DefenseSetting | None, scores: dict[int, tuple[float, bool]] | None = None) -> Callable[[list[int]], Any]:
+    """For :func:`ihs.generation.generate`: one ConditionalSteering per batch; ``scores[record index]``
+    gets (guard probability, flagged).
 
     ``setting=None`` only reads the guard (no steering): the undefended run with its guard scores.
     """
@@ -246,8 +260,8 @@ def defense_factory(lm: LoadedModel, guard: Scorer | None, directions: SteeringD
         def __exit__(self, *exc: object) -> None:
             self.iv.__exit__(*exc)
             if scores is not None and self.iv.scores is not None:
-                for r, s in zip(self.rows, self.iv.scores, strict=True):
-                    scores[r] = float(s)
+                for r, s, f in zip(self.rows, self.iv.scores, self.iv.flagged, strict=True):
+                    scores[r] = (float(s), bool(f))
 
     return _Batch
 
@@ -258,14 +272,13 @@ def defend(lm: LoadedModel, records: Sequence[Any], guard: Scorer | None, direct
     """Generate with the defense on (``setting=None``: off, guard only read); rows get ``guard_score`` and ``steered``."""
     if setting is not None and setting.mode == "conditional" and guard is None:
         raise IhsError("conditional steering needs a guard (--guard or --probe-store)")
-    scores: dict[int, float] = {}
+    scores: dict[int, tuple[float, bool]] = {}
     factory = defense_factory(lm, guard, directions, setting, scores) if guard is not None or setting is not None else None
     run = generate(lm, records, options, judge, intervention_for=factory, progress=progress, description=description)
-    threshold = float(guard.threshold) if guard is not None else math.nan
     for r, row in enumerate(run.rows):
-        score = scores.get(r)
+        score, flagged = scores.get(r, (None, False))
         row["guard_score"] = score
-        row["flagged"] = bool(score is not None and score >= threshold)
+        row["flagged"] = flagged
         row["steered"] = setting is not None and (setting.mode == "always" or row["flagged"])
         row["setting"] = setting.name if setting is not None else "undefended"
     return run
