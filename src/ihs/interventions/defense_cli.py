@@ -55,17 +55,23 @@ def parse_limit(spec: str | None) -> dict[str, int] | None:
     return out
 
 
+def excluded_keys(stores: list[Path]) -> set[str]:
+    """Prompt ids and goal keys of every prompt in these stores."""
+    from ihs.store import ActivationStore
+
+    keys: set[str] = set()
+    for path in stores:
+        store = ActivationStore.load(path)
+        keys |= {goal_key(r) for r in store.records} | set(store.ids)
+    return keys
+
+
 def select_records(records: list[dict[str, Any]], exclude_stores: list[Path], split: str, tune_fraction: float,
                    limit: str | None, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Drop prompts that are in (or share a goal with) a store; keep the tune or eval side; first ``limit`` per class."""
-    from ihs.store import ActivationStore
-
     if split not in ("tune", "eval", "all"):
         raise IhsError(f"--split must be tune, eval or all, got {split!r}")
-    excluded: set[str] = set()
-    for path in exclude_stores:
-        store = ActivationStore.load(path)
-        excluded |= {goal_key(r) for r in store.records} | set(store.ids)
+    excluded = excluded_keys(exclude_stores)
     kept = [r for r in records if r["id"] not in excluded and goal_key(r) not in excluded]
     n_after_exclude = len(kept)
     if split != "all":

@@ -65,7 +65,9 @@ def plot_tradeoff(result: dict[str, Any], path: str | Path, title: str | None = 
         ax.set_xlim(-0.03, 1.03)
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+    shown = [ax for ax in axes if ax.get_visible()]
+    if shown:
+        shown[0].legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(_esc("\n".join(textwrap.wrap(title, 150))), fontsize=7)
     fig.tight_layout()
