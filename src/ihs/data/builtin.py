@@ -32,6 +32,12 @@ _SETS: dict[str, tuple[str | None, str, str]] = {
         "jailbreak-template",
         "Jailbreak templates by family, each with one {goal} slot.",
     ),
+    "multilingual": (
+        "multilingual.jsonl",
+        "(its class)",
+        "100 normal, 100 malicious and 50 contrast prompts in English, Chinese, Spanish, French, Swahili and "
+        "Bengali, each linked to its English original (builtin:multilingual[:CLASS[:LANG,LANG]]).",
+    ),
 }
 
 BUILTIN_NAMES: tuple[str, ...] = tuple(_SETS)
@@ -80,7 +86,12 @@ def load_templates() -> list[dict]:
 
 
 def load_builtin(name: str, label: str | None = None) -> list[PromptRecord]:
-    """Load a built-in set as records; ``label`` overrides the set's own label."""
+    """Load a built-in set as records; ``label`` overrides the set's own label.
+
+    ``multilingual`` takes an optional ``:CLASS[:LANG,LANG]`` (see ``ihs.data.multilingual``).
+    """
+    if name == "multilingual" or name.startswith("multilingual:"):
+        return _load_multilingual(name, label)
     _check_name(name)
     filename, own_label, _ = _SETS[name]
     lab = label or own_label
@@ -99,6 +110,14 @@ def load_builtin(name: str, label: str | None = None) -> list[PromptRecord]:
         tags = {("source_id" if k == "id" else k): v for k, v in row.items() if k != text_key}
         records.append(PromptRecord.make(text, lab, dataset, tags))
     return records
+
+
+def _load_multilingual(name: str, label: str | None) -> list[PromptRecord]:
+    from ihs.data import multilingual as ml
+
+    cls, langs = ml.parse_multilingual_spec(name.partition(":")[2])
+    originals = {c: _read_rows(_SETS[c][0] or "") for c in ml.CLASSES}
+    return ml.build_records(originals, _read_rows(ml.FILENAME), cls, langs, label, f"builtin:{name}")
 
 
 def list_builtin() -> list[dict]:
@@ -130,5 +149,7 @@ def list_builtin() -> list[dict]:
         entry["size"] = len(records)
         entry["categories"] = dict(sorted(Counter(str(r.tags["category"]) for r in records if "category" in r.tags).items()))
         entry["families"] = dict(sorted(Counter(str(r.tags["family"]) for r in records if "family" in r.tags).items()))
+        if name == "multilingual":
+            entry["categories"] = dict(Counter(f"{r.tags['class']}/{r.tags['lang']}" for r in records))
         out.append(entry)
     return out
