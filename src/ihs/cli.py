@@ -149,6 +149,8 @@ def _register() -> None:
     app.command("jailbreak")(jailbreak_cmd)
     from ihs.run import run_cmd
     app.command("run")(run_cmd)
+    from ihs.analysis.lang_cli import lang_cmd
+    app.command("lang")(lang_cmd)
     from ihs.interventions.defense_cli import app as defend_app
     app.add_typer(defend_app, name="defend", help="Probe-conditioned steering defense: direction, evaluate, sweep.")
     from ihs.guard.cli import app as guard_app

@@ -34,11 +34,14 @@ def probe_cmd(
     ci: Annotated[str, typer.Option(help="95% interval: wilson (pooled predictions) or t (over folds).")] = "wilson",
     n_jobs: Annotated[int, typer.Option("--n-jobs", "-j", help="Worker processes across layers.")] = 1,
     formats: Annotated[str, typer.Option(help="Figure formats: png, svg, pdf.")] = "png,svg",
+    by: Annotated[str | None, typer.Option(
+        help="Also report accuracy per value of this tag, e.g. lang (default: lang when the store holds two "
+             "or more languages; 'none' to switch off).")] = None,
 ) -> None:
     """Weak-to-Strong Explanation: does each layer's last-token state separate the classes?"""
     try:
         _run(stores, out, classifiers, mode, classes, folds, seed, layers, names, control, bow, cross, ci, n_jobs,
-             formats)
+             formats, by)
     except IhsError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
@@ -65,7 +68,7 @@ def _command_line(stores, out, classifiers, mode, classes, folds, seed, layers, 
 
 
 def _run(stores, out, classifiers, mode, classes, folds, seed, layers, names, control, bow, cross, ci, n_jobs,
-         formats) -> None:
+         formats, by=None) -> None:
     from ihs.analysis.probes import count_tasks, parse_classifiers, parse_layers, probe_stores
     from ihs.progress import console, progress_bar
     from ihs.report.plot_probes import plot_all
@@ -99,7 +102,9 @@ def _run(stores, out, classifiers, mode, classes, folds, seed, layers, names, co
     total = count_tasks(loaded, clf_list, layer_list, cross)
     with progress_bar("probing", total=total, unit="layer fits") as advance:
         result = probe_stores(loaded, clf_list, mode, class_list, folds, seed, control, bow, cross, layer_list,
-                              n_jobs, ci, advance)
+                              n_jobs, ci, advance, by="auto" if by is None else (None if by == "none" else by))
+    if by:
+        command += f" --by {shlex.quote(by)}"
     result["command"] = command
     out.mkdir(parents=True, exist_ok=True)
     (out / "probe.json").write_text(json.dumps(result, indent=1, allow_nan=True), encoding="utf-8")
@@ -140,6 +145,15 @@ def _print_summary(result: dict, console) -> None:
                           + (f"; contrast FPR {bow['contrast_fpr']:.2f}" if "contrast_fpr" in bow else ""))
         console.print("  control: mean shuffled-label accuracy; FPR: contrast prompts called malicious; "
                       "jb->mal: jailbreak prompts called malicious; * at the first layer reaching 0.95")
+        grouped = entry.get("by")
+        if grouped:
+            for clf, _ in entry["classifiers"].items():
+                parts = []
+                for g, ge in grouped["groups"].items():
+                    r = ge["classifiers"][clf]
+                    best = max((a for a in r["accuracy"] if a == a), default=float("nan"))
+                    parts.append(f"{g} (n={ge['n']}) 1st>=.95 {r['first_layer_95']}, best {best:.3f}")
+                console.print(escape(f"  {clf} by {grouped['tag']}: " + "; ".join(parts)))
         for w in entry["warnings"]:
             console.print(f"  [yellow]warning:[/] {escape(w)}")
     for w in result.get("warnings", []):

@@ -528,8 +528,12 @@ def probe_store(
     ci: str = "wilson",
     name: str | None = None,
     progress: Callable[[int], None] | None = None,
+    by: str | None = "auto",
 ) -> dict[str, Any]:
     """Probe every layer of one ``ActivationStore``; return the store's section of ``probe.json``.
+
+    ``by`` names a tag (e.g. ``lang``) whose values split the out-of-fold accuracy into groups
+    (``result["by"]``); ``"auto"`` uses ``lang`` when the store holds two or more languages.
 
     ``classes`` (default: every label but contrast and jailbreak, normal first) are the classes the
     probes learn; two classes give binary metrics with the second class as positive. Every other
@@ -622,6 +626,9 @@ def probe_store(
     for lab, idx in extra_rows.items():
         result["sets"][lab] = _transfer_set(store, idx, lab, classes, classifiers, by_clf, result)
     _convenience_keys(result)
+    by_tag = _by_tag(store, rows, by)
+    if by_tag:
+        result["by"] = by_group(store, rows, y, by_clf, by_tag, layer_list, num_layers)
     if bow:
         result["bow"] = _bow(texts, rows, y, splits, classes, extra_rows, seed)
     result["confound"] = _confound(store, rows, y, classes, result)
@@ -632,6 +639,48 @@ def probe_store(
             f"paper mode keeps duplicates as the paper did: {dedupe['duplicates_present']} duplicate rows can sit "
             "on both sides of the split")
     return result
+
+
+def _by_tag(store: Any, rows: np.ndarray, by: str | None) -> str | None:
+    if by is None or by == "":
+        return None
+    if by == "auto":
+        values = {(store.records[i].get("tags") or {}).get("lang") for i in rows} - {None}
+        return "lang" if len(values) > 1 else None
+    if not any(by in (store.records[i].get("tags") or {}) for i in rows):
+        raise StoreError(f"no prompt of the probed classes has a {by!r} tag")
+    return by
+
+
+def by_group(store: Any, rows: np.ndarray, y: np.ndarray, by_clf: dict[str, list[dict[str, Any]]], tag: str,
+             layers: list[int], num_layers: int) -> dict[str, Any]:
+    """Out-of-fold accuracy per value of ``tag`` (Wilson 95%), per classifier and layer.
+
+    The folds are those of the pooled probe, which trains on every group at once; a prompt and its
+    translation (or any other near copy across groups) can sit on both sides of a split, so this is
+    the accuracy of one probe for all groups, not of a probe that never saw the group's content.
+    """
+    values = np.array([str((store.records[i].get("tags") or {}).get(tag)) for i in rows], dtype=object)
+    out: dict[str, Any] = {"tag": tag, "groups": {}}
+    for g in sorted(set(values), key=lambda v: (v == "None", v)):
+        mask = values == g
+        entry: dict[str, Any] = {"n": int(mask.sum()), "classifiers": {}}
+        for clf, outs in by_clf.items():
+            acc, lo, hi = [], [], []
+            for o in outs:
+                pred = o["pred"][mask]
+                tested = pred >= 0
+                correct = int((pred[tested] == y[mask][tested]).sum())
+                n = int(tested.sum())
+                a, b = wilson_interval(correct, n)
+                acc.append(correct / n if n else float("nan"))
+                lo.append(a)
+                hi.append(b)
+            res = {"accuracy": acc, "ci_low": lo, "ci_high": hi}
+            res.update(first_layer(acc, layers, num_layers, TARGET))
+            entry["classifiers"][clf] = res
+        out["groups"][g] = entry
+    return out
 
 
 def _final_punct_flag(store: Any) -> bool | None:
@@ -822,6 +871,7 @@ def probe_stores(
     n_jobs: int = 1,
     ci: str = "wilson",
     progress: Callable[[int], None] | None = None,
+    by: str | None = "auto",
 ) -> dict[str, Any]:
     """Probe several stores (e.g. a base and an aligned model, or one model on two prompt sets).
 
@@ -845,7 +895,7 @@ def probe_stores(
     }
     for name, store in stores.items():
         out["stores"].append(probe_store(store, classifiers, mode, classes, folds, seed, control, bow, layers,
-                                         n_jobs, ci, name, progress))
+                                         n_jobs, ci, name, progress, by))
     if cross and len(stores) > 1:
         names = list(stores)
         for a in names:
