@@ -262,6 +262,7 @@ def test_extract_keeps_lang_and_ihs_lang_runs(tmp_path: Path, tiny_llama) -> Non
     model = data["models"][0]
     assert model["groups"] == ["en", "zh", "sw"] and set(model["transfer"]["diffmean"]["forward"]) == {"zh", "sw"}
     assert data["refusal"]["gen"]["groups"]["zh"]["malicious"]["refused"] == 1
+    assert "| zh |" in (out / "lang.md").read_text(encoding="utf-8")
     for fig in ("lang_cv.png", "lang_transfer.png", "lang_lens.png", "lang_refusal.png"):
         assert (out / fig).stat().st_size > 1000
     bad = CliRunner().invoke(app, ["lang", str(tmp_path / "store"), "--source", "xx", "--out", str(out)])

@@ -123,8 +123,9 @@ def _run(stores, out, generations, tag, source, classes, classifiers, folds, see
         figures += plot_lang.plot_transfer(results, out, clf_list[0], command, fmt_list)
         figures += plot_lang.plot_lens(results, out, command, fmt_list)
     figures += plot_lang.plot_refusal(refusal, out, command, fmt_list)
+    (out / "lang.md").write_text(markdown(result, clf_list[0]), encoding="utf-8")
     _print_summary(results, refusal, clf_list[0], console)
-    console.print(f"wrote {out / 'lang.json'} and {len(figures)} figure file(s) in {out}")
+    console.print(f"wrote {out / 'lang.json'}, lang.md and {len(figures)} figure file(s) in {out}")
 
 
 def _fmt(v: Any, spec: str = ".2f") -> str:
@@ -164,3 +165,73 @@ def _print_summary(results, refusal, clf, console) -> None:
                 parts.append(f"{g} {m['refusal_rate']:.2f} ({m['refused']}/{m['n']}; English phrases "
                              f"{m['refused_english_phrases']})")
         console.print(escape(f"refusal of malicious prompts, {model}: " + "; ".join(parts)))
+
+
+def _acc_ci(entry: dict[str, Any], layers: list[int], layer: int) -> str:
+    if not entry or "accuracy" not in entry or layer not in layers:
+        return "-"
+    i = layers.index(layer)
+    return f"{entry['accuracy'][i]:.2f} [{entry['ci_low'][i]:.2f}, {entry['ci_high'][i]:.2f}]"
+
+
+def markdown(result: dict[str, Any], clf: str) -> str:
+    """Tables of ``lang.json`` in Markdown: accuracy per language with 95% intervals, transfer, lens, refusal."""
+    lines = [f"Command: `{result['command']}`", ""]
+    for res in result["models"]:
+        L = res["num_layers"]
+        early = res["summary"]["early_layers"][-1]
+        mid = res["middle_layers"][len(res["middle_layers"]) // 2]
+        cv, tr = res["cv"][clf], res["transfer"][clf]
+        src = res["source"]
+        lines += [f"**{res['name']}** ({res['model'].get('name') or res['model'].get('id', '')}, L = {L}; {clf}; "
+                  f"early = block {early}, middle = block {mid}; accuracy [Wilson 95%])", "",
+                  f"| lang | n (normal/malicious) | CV block {early} | CV block {mid} | CV first >= 0.95 | CV best (layer) "
+                  f"| {src} -> lang, block {early} | {src} -> lang, block {mid} | {src} -> lang first >= 0.95 "
+                  f"| lang -> {src}, block {early} | lang -> {src}, block {mid} |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for g in res["groups"]:
+            e = cv["groups"].get(g, {})
+            f, r = tr["forward"].get(g), tr["reverse"].get(g)
+            n = res["n"].get(g, {})
+            best = (f"{e['best_accuracy']:.2f} ({e['best_layer']})" if e.get("best_accuracy") is not None else "-")
+            lines.append(
+                f"| {g} | {'/'.join(str(n.get(c, 0)) for c in res['classes'])} | {_acc_ci(e, cv['layers'], early)} "
+                f"| {_acc_ci(e, cv['layers'], mid)} | {_fmt(e.get('first_layer_95'))} | {best} "
+                f"| {_acc_ci(f, tr['layers'], early) if f else '(source)'} | {_acc_ci(f, tr['layers'], mid) if f else '-'} "
+                f"| {_fmt(f.get('first_layer_95')) if f else '-'} | {_acc_ci(r, tr['layers'], early) if r else '-'} "
+                f"| {_acc_ci(r, tr['layers'], mid) if r else '-'} |")
+        ctrl = [v for g in res["groups"] for v in (cv["groups"].get(g, {}).get("control_accuracy") or [])]
+        tctrl = [v for d in ("forward", "reverse") for e in tr[d].values() for v in (e.get("control_accuracy") or [])]
+        if ctrl or tctrl:
+            lines += ["", f"Shuffled-label controls: CV mean {sum(ctrl) / max(1, len(ctrl)):.2f} (max {max(ctrl, default=0):.2f}); "
+                      f"transfer mean {sum(tctrl) / max(1, len(tctrl)):.2f} (max {max(tctrl, default=0):.2f})."]
+        rows = res["summary"]["rows"]
+        if res.get("lens"):
+            mids = res["middle_layers"]
+            lines += ["", f"Logit lens (top-{res['lens']['k']}), middle layers {mids[0]}-{mids[-1]} (mean) and last layer:",
+                      "", "| lang | negative, malicious (mid) | negative, normal (mid) | negative, malicious (last) "
+                      "| negative, normal (last) | malicious top-k in own script (mid / last) | in Latin script (mid) |",
+                      "|---|---|---|---|---|---|---|"]
+            for g in res["groups"]:
+                row = rows.get(g, {})
+                lines.append(f"| {g} | {_fmt(row.get('neg_mid_malicious'))} | {_fmt(row.get('neg_mid_normal'))} "
+                             f"| {_fmt(row.get('neg_last_malicious'))} | {_fmt(row.get('neg_last_normal'))} "
+                             f"| {_fmt(row.get('own_script_mid'))} / {_fmt(row.get('own_script_last'))} "
+                             f"| {_fmt(row.get('latin_mid'))} |")
+        lines.append("")
+    if result.get("refusal"):
+        lines += ["Refusal (phrase judge with every language's phrases; 'English phrases': what the English list "
+                  "alone catches; 'own script': answers written mostly in the prompt's script):", "",
+                  "| model | lang | malicious refused [95%] | English phrases | normal refused | answers in own script "
+                  "(malicious / normal) |", "|---|---|---|---|---|---|"]
+        for model, r in result["refusal"].items():
+            for g, entry in r["groups"].items():
+                m, n = entry.get("malicious"), entry.get("normal")
+                mal = (f"{m['refused']}/{m['n']} = {m['refusal_rate']:.2f} [{m['refusal_ci95'][0]:.2f}, "
+                       f"{m['refusal_ci95'][1]:.2f}]" if m else "-")
+                nor = f"{n['refused']}/{n['n']}" if n else "-"
+                lines.append(f"| {model} | {g} | {mal} | {m['refused_english_phrases'] if m else '-'} | {nor} "
+                             f"| {_fmt(m.get('answer_in_own_script')) if m else '-'} / "
+                             f"{_fmt(n.get('answer_in_own_script')) if n else '-'} |")
+        lines.append("")
+    return "\n".join(lines)
