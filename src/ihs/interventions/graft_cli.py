@@ -98,6 +98,10 @@ def generate_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "smollm2-135m-instruct",
     data: Annotated[list[str] | None, typer.Option("--data", "-d", help="NAME=SPEC, repeatable.")] = None,
     limit: Annotated[int | None, typer.Option(help="First N distinct prompts of each set.")] = None,
+    limit_by: Annotated[str | None, typer.Option(
+        "--limit-by", help="Apply --limit per value of this tag too, e.g. lang (N per class and language).")] = None,
+    lang: Annotated[str | None, typer.Option(
+        "--lang", help="Language tag for prompts without one (a lang/language column wins).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="New tokens per answer (greedy; stops at EOS).")] = 32,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
     judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "phrases",
@@ -111,11 +115,11 @@ def generate_cmd(
 ) -> None:
     """Generate greedy answers for prompt sets, judge refusal, report refusal rate per class and family and ASR."""
     _guard(_generate, out, model, data, limit, max_new_tokens, batch_size, judge, rejudge, chat, system_prompt,
-           dtype, device, trust_remote_code)
+           dtype, device, trust_remote_code, limit_by, lang)
 
 
 def _generate(out, model, data, limit, max_new_tokens, batch_size, judge, rejudge, chat, system_prompt, dtype,
-              device, trust_remote_code) -> None:
+              device, trust_remote_code, limit_by=None, lang=None) -> None:
     from ihs.data.prepare import prepare
     from ihs.generation import (
         GenerateOptions,
@@ -136,7 +140,7 @@ def _generate(out, model, data, limit, max_new_tokens, batch_size, judge, rejudg
         name = old.get("model", model)
         meta = {k: old.get(k) for k in ("model", "identity", "options", "seconds", "new_tokens_per_s") if k in old}
     else:
-        records, _ = prepare(data or [], limit=limit)
+        records, _ = prepare(data or [], limit=limit, lang=lang, limit_by=limit_by)
         lm = _load_model(model, dtype, device, trust_remote_code)
         options = GenerateOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat,
                                   system_prompt=system_prompt)
