@@ -44,7 +44,8 @@ def fit_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Guard directory to write (guard.json + guard.safetensors)."),
     model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP + " With --store: checked against it."),
     data: list[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Extracted in memory."),
-    store: Path | None = typer.Option(None, "--store", "-s", help="Fit from an existing activation store (no extraction)."),
+    store: list[Path] = typer.Option(None, "--store", "-s", help="Fit from existing activation store(s) of one model "
+                                     "(no extraction); repeatable: the stores' prompts are pooled."),
     limit: int | None = typer.Option(None, help="With --data: first N distinct prompts per class."),
     layers: str | None = typer.Option(None, help="Candidate layers, e.g. 0-8 (default: all). 0 = embedding output."),
     classifiers: str = typer.Option("logreg,svm,diffmean", help="Candidate linear probes."),
@@ -65,20 +66,18 @@ def fit_cmd(
     """Choose layer and probe by cross-validation, calibrate the threshold, save the guard."""
     from ihs.guard.guard import FitOptions, fit_guard, model_info
     from ihs.progress import console, progress_bar
-    from ihs.store import ActivationStore
 
-    if (store is None) == (not data):
+    if bool(store) == bool(data):
         raise IhsError("give either --store or --model with --data")
-    if store is not None:
-        st = ActivationStore.load(store)
+    if store:
+        st = _pool_stores(store)
         info = model_info(st.manifest)
         if model:
             lm = _load_model(model, st.manifest.get("model", {}).get("dtype", dtype), device)
             if lm.fingerprint() != info["fingerprint"]:
-                raise IhsError(f"store {store} holds states of {info['name']!r} ({info['fingerprint']}), "
+                raise IhsError(f"store {store[0]} holds states of {info['name']!r} ({info['fingerprint']}), "
                                f"not of {model!r} ({lm.fingerprint()})")
-        data_info = {"store": str(store.resolve()), "datasets": st.manifest.get("datasets"),
-                     "plan_fingerprint": st.manifest.get("plan_fingerprint")}
+        data_info = {"stores": [str(p.resolve()) for p in store], "datasets": st.manifest.get("datasets")}
     else:
         if not model:
             raise IhsError("--data needs --model")
@@ -100,7 +99,30 @@ def fit_cmd(
     if test:
         console.print(f"held-out: AUROC {test['auroc']:.3f}, TPR {test['tpr_at_threshold']:.3f} at FPR "
                       f"{test['fpr_at_threshold']:.3f} (n = {test['n']})")
+    for w in guard.card.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}")
     console.print(f"saved: {out}")
+
+
+def _pool_stores(paths: list[Path]) -> Any:
+    """Load stores and pool their rows; they must hold one model's states under one formatting."""
+    import numpy as np
+
+    from ihs.store import ActivationStore
+
+    stores = [ActivationStore.load(p) for p in paths]
+    first = stores[0].manifest
+    for p, st in zip(paths[1:], stores[1:], strict=True):
+        m = st.manifest
+        if m.get("model", {}).get("fingerprint") != first.get("model", {}).get("fingerprint"):
+            raise IhsError(f"store {p} holds another model's states than {paths[0]}")
+        if (m.get("chat"), m.get("system_prompt")) != (first.get("chat"), first.get("system_prompt")):
+            raise IhsError(f"store {p} was formatted differently (chat/system prompt) from {paths[0]}")
+    if len(stores) == 1:
+        return stores[0]
+    manifest = {**first, "datasets": sorted({d for st in stores for d in st.manifest.get("datasets") or []})}
+    return ActivationStore(hidden=np.concatenate([st.hidden for st in stores]),
+                           records=[r for st in stores for r in st.records], manifest=manifest)
 
 
 def _parse_layers(spec: str | None, num_layers: int) -> list[int] | None:
@@ -195,21 +217,23 @@ def eval_cmd(
     from ihs.store import ActivationStore
 
     guard = Guard.load(guard_dir)
-    train_store_path = guard.card.get("data", {}).get("store")
+    card_data = guard.card.get("data", {})
+    train_paths = [Path(p) for p in card_data.get("stores") or ([card_data["store"]] if card_data.get("store") else [])]
     stores = list(store or [])
     if not stores and not data:
-        if not train_store_path:
+        if not train_paths:
             raise IhsError("this guard was fitted from --data, not a store; pass --store or --data to evaluate on")
-        stores = [Path(train_store_path)]
+        stores = train_paths
     # the training prompts, for the bag-of-words baseline and for leaving them out
     train_recs: list[dict[str, Any]] = []
     cal_recs: list[dict[str, Any]] = []
-    if train_store_path and Path(train_store_path).is_dir():
-        tst = ActivationStore.load(train_store_path)
-        ids = guard.card["splits"]["ids"]
-        tr, ca = set(ids["train"]), set(ids["calibration"])
-        train_recs = [r for r in tst.records if r["id"] in tr]
-        cal_recs = [r for r in tst.records if r["id"] in ca]
+    ids = guard.card["splits"]["ids"]
+    tr, ca = set(ids["train"]), set(ids["calibration"])
+    for tp in train_paths:
+        if tp.is_dir():
+            tst = ActivationStore.load(tp)
+            train_recs += [r for r in tst.records if r["id"] in tr]
+            cal_recs += [r for r in tst.records if r["id"] in ca]
     fitted_texts = [r["text"] for r in train_recs + cal_recs]
     bow = None
     notes: list[str] = []
@@ -227,8 +251,7 @@ def eval_cmd(
         check_store(guard, st, str(path))
         keep = exclude_fitted(guard, st.records, fitted_texts)
         recs = [st.records[i] for i in keep]
-        name = path.name + (" (held-out)" if train_store_path and Path(path).resolve() == Path(train_store_path).resolve()
-                            else "")
+        name = path.name + (" (held-out)" if Path(path).resolve() in [p.resolve() for p in train_paths] else "")
         result["sets"].append(evaluate_set(guard, name, recs, guard.decision_states(st.hidden[keep, guard.layer]),
                                            bow, gens))
     if data:

@@ -670,7 +670,16 @@ def fit_guard(
             out[str(recs[i]["label"])] = out.get(str(recs[i]["label"]), 0) + 1
         return out
 
+    warns = []
+    if layer == 0:
+        warns.append("layer 0 (the embedding output) sees only the last token: the classes differ in their final "
+                     "token, a confound of the prompt sets rather than a reading of the request; check transfer with "
+                     "`ihs guard eval --store OTHER`, or refit with --layers 1-L")
+    elif chosen["cv_auroc"] > 0.999 and layer <= max(1, num_layers // 12):
+        warns.append(f"near-perfect CV AUROC already at layer {layer}: the prompt sets may be separable by surface "
+                     "cues; check transfer to another dataset with `ihs guard eval --store OTHER`")
     guard.card.update({
+        "warnings": warns,
         "data": {**(data_info or {}), "benign_labels": benign, "malicious_labels": malicious,
                  "n_rows": int(len(hidden)), "n_used": int(len(rows)), "n_dropped_duplicates": int(len(keep) - len(rows))},
         "splits": {"seed": options.seed, "test_frac": options.test_frac, "calib_frac": options.calib_frac,
