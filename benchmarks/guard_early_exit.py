@@ -61,29 +61,34 @@ def main() -> None:
         if lm.input_device.type == "cuda":
             torch.cuda.synchronize()
 
-    def timed(fn) -> float:
-        runs = []
-        for _ in range(args.repeats):
-            sync()
-            t0 = time.perf_counter()
-            for b in batches:
-                fn(b)
-            sync()
-            runs.append(time.perf_counter() - t0)
-        return statistics.median(runs)
+    def once(fn) -> float:
+        sync()
+        t0 = time.perf_counter()
+        for b in batches:
+            fn(b)
+        sync()
+        return time.perf_counter() - t0
 
     @torch.inference_mode()
     def whole_model(b):
         input_ids, attention, _ = pad_right(b, lm.tokenizer.pad_token_id or 0)
         lm.model(input_ids=input_ids.to(lm.input_device), attention_mask=attention.to(lm.input_device), use_cache=False)
 
-    timed(lambda b: forward_last_states(lm, b))  # warm-up
-    full = timed(lambda b: forward_last_states(lm, b))
-    with_head = timed(whole_model)
-    per_layer = {}
+    # variants are interleaved within each repeat, so load from other jobs drifts over all of them alike;
+    # the minimum over repeats is the least disturbed run (the median is kept too)
+    variants = {"full": lambda b: forward_last_states(lm, b), "head": whole_model}
+    variants.update({layer: (lambda b, layer=layer: states_at_layer(lm, b, layer)) for layer in layers})
+    once(variants["full"])  # warm-up
+    runs: dict = {k: [] for k in variants}
+    for _ in range(args.repeats):
+        for k, fn in variants.items():
+            runs[k].append(once(fn))
+    best = {k: min(v) for k, v in runs.items()}
+    full, with_head = best["full"], best["head"]
+    per_layer = {layer: best[layer] for layer in layers}
+    median_fraction = {str(layer): statistics.median(runs[layer]) / statistics.median(runs["full"]) for layer in layers}
     max_diff = 0.0
     for layer in layers:
-        per_layer[layer] = timed(lambda b, layer=layer: states_at_layer(lm, b, layer))
         for b in batches[:2]:
             ref = forward_last_states(lm, b)[:, layer]
             max_diff = max(max_diff, float((states_at_layer(lm, b, layer) - ref).abs().max()))
@@ -94,6 +99,8 @@ def main() -> None:
         "seconds_full_backbone": full, "seconds_full_model_with_lm_head": with_head,
         "seconds_early_exit": {str(k): v for k, v in per_layer.items()},
         "fraction_of_full_backbone": {str(k): v / full for k, v in per_layer.items()},
+        "fraction_of_full_backbone_medians": median_fraction,
+        "timing": "minimum over repeats, variants interleaved within each repeat",
         "guard_layer": guard_layer,
         "guard_fraction_of_full_backbone": per_layer[guard_layer] / full if guard_layer is not None else None,
         "guard_fraction_of_full_model": per_layer[guard_layer] / with_head if guard_layer is not None else None,

@@ -68,16 +68,15 @@ def main(root: Path) -> None:
             bm = s.get("bow", {}).get("by_family", {}).get(fam, {})
             fams.setdefault(fam, {})[name] = f"{f(m['tpr'])} ({f(m['auroc'])})"
             fams[fam]["n"] = str(m["n_malicious"])
-            fams[fam].setdefault("bow " + name, f(bm.get("tpr")))
+            fams[fam].setdefault("bow", f(bm.get("tpr")))
     names = [n for _, n in MODELS]
-    print("| family | n | " + " | ".join(names) + " | " + " | ".join(f"BoW ({n.split('-')[0]})" for n in names) + " |")
-    print("|---" * (2 + 2 * len(names)) + "|")
+    print("| family | n | " + " | ".join(names) + " | bag-of-words (text only, same for every model) |")
+    print("|---" * (3 + len(names)) + "|")
     for fam, row in sorted(fams.items()):
-        print(f"| {fam} | {row.get('n')} | " + " | ".join(row.get(n, "-") for n in names) + " | "
-              + " | ".join(row.get("bow " + n, "-") for n in names) + " |")
+        print(f"| {fam} | {row.get('n')} | " + " | ".join(row.get(n, "-") for n in names) + f" | {row.get('bow', '-')} |")
     print("\n### Guard vs the model's own refusal, on the same built-in prompts (generation sample of issue 6)\n")
     print("| model | label | n | refused (model) | flagged (guard fitted on paper files) | flagged (guard fitted on built-in, "
-          "held-out prompts only) |")
+          "held-out prompts only): guard / model refused (n) |")
     print("|---|---|---|---|---|---|")
     for short, name in MODELS:
         ev = load(root, short, "paper")
@@ -97,7 +96,9 @@ def main(root: Path) -> None:
             extra = "-"
             if sb and lab in sb["guard"]["by_label"]:
                 m = sb["guard"]["by_label"][lab]
-                extra = f"{f(m.get('tpr') if 'auroc' in m else m.get('fpr'))} (n={m.get('n_malicious') or m.get('n_benign')})"
+                rf = sb["refusal"]["by_label"][lab]
+                extra = (f"{f(m.get('tpr') if 'auroc' in m else m.get('fpr'))} / "
+                         f"{f(rf.get('tpr') if 'auroc' in rf else rf.get('fpr'))} (n={m.get('n_malicious') or m.get('n_benign')})")
             print(f"| {name} | {lab} | {n} | {f(rr)} | {f(gr)} | {extra} |")
 
 
