@@ -20,8 +20,9 @@ from ihs.errors import IhsError
 
 
 def lang_cmd(
-    stores: Annotated[list[Path], typer.Argument(help="Store directories made by `ihs extract` with a lang tag.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for lang.json and figures.")],
+    stores: Annotated[list[Path] | None, typer.Argument(
+        help="Store directories made by `ihs extract` with a lang tag (none: refusal from --generations only).")] = None,
     generations: Annotated[list[Path] | None, typer.Option(
         "--generations", "-g", help="generations.jsonl of `ihs generate` (or its folder), repeatable; "
         "refusal per language. Named by the model in its refusal.json.")] = None,
@@ -38,7 +39,7 @@ def lang_cmd(
 ) -> None:
     """Languages: per-language probe accuracy, cross-lingual transfer, lens emotion/script and refusal by language."""
     try:
-        _run(stores, out, generations or [], tag, source, classes, classifiers, folds, seed, layers, names, control,
+        _run(stores or [], out, generations or [], tag, source, classes, classifiers, folds, seed, layers, names, control,
              formats)
     except IhsError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
