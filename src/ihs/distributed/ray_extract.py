@@ -20,6 +20,7 @@ computes only the rest.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -150,6 +151,16 @@ class ExtractWorker:
         return decode_tokens(self.lm, np.asarray(token_ids, dtype=np.int64))
 
 
+def _cause(exc: BaseException) -> str:
+    """The innermost "SomeError: message" line of a Ray error (whose text wraps the remote traceback)."""
+    found = re.findall(r"^\s*(?:[\w.]+\.)?(\w*Error): (.+)$", str(exc), flags=re.MULTILINE)
+    if found:
+        name, message = found[-1]
+        return f"{name}: {message.strip()}"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 def work_units(batches: list[list[int]], unit_rows: int) -> list[list[list[int]]]:
     """Consecutive batches grouped into units of at least ``unit_rows`` rows (the last may be smaller)."""
     units: list[list[list[int]]] = []
@@ -195,7 +206,10 @@ def ray_extract(
             actors.append(remote_worker.options(num_cpus=ray_options.threads, num_gpus=ray_options.gpus,
                                                 max_restarts=0).remote(
                 model, options, ray_options.threads, ray_options.exit_after_units.get(i)))
-        first = ray.get(actors[0].describe.remote())
+        try:
+            first = ray.get(actors[0].describe.remote())
+        except ray.exceptions.RayError as exc:
+            raise IhsError(f"the Ray actor could not load the model: {_cause(exc)}") from None
         plan: ExtractPlan = ray.get(actors[0].plan.remote(recs))
         writer = open_store(out, plan, options, overwrite)
         done = writer.done_rows()
