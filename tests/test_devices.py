@@ -126,3 +126,11 @@ def test_cli_extract_with_auto_map_and_memory_cap(model_dir, single, tmp_path):
     bad = CliRunner().invoke(app, ["extract", "--model", str(model_dir), "--data", f"normal={prompts}",
                                    "--out", str(tmp_path / "x"), "--max-memory", "cpu=1GiB"])
     assert bad.exit_code != 0 and "needs --device-map" in str(bad.exception)
+    # generation through the same flags: the same greedy answers as on one device
+    gen = CliRunner().invoke(app, ["generate", "--model", str(model_dir), "--data", f"normal={prompts}",
+                                   "--out", str(tmp_path / "gen"), "--max-new-tokens", "4", "--device-map", "auto",
+                                   "--max-memory", "cpu=120kB"])
+    assert gen.exit_code == 0, gen.output
+    rows = [json.loads(line) for line in (tmp_path / "gen" / "generations.jsonl").read_text().splitlines()]
+    want_rows = generate(single, store.records, GenerateOptions(max_new_tokens=4), None, progress=False).rows
+    assert [r["answer"] for r in rows] == [r["answer"] for r in want_rows]

@@ -28,6 +28,9 @@ from ihs.errors import IhsError
 
 MODEL_HELP = "Zoo name (see `ihs models list`), local model folder, GGUF file or Hugging Face id."
 SET_HELP = "A prompt set: SPEC (builtin:malicious, file.csv:goal, ...) or NAME=SPEC to name its class."
+DEVICE_MAP_HELP = ("Spread the model over devices with accelerate: auto, balanced, sequential, or a JSON "
+                   "{module: device} (inline or a .json file). See docs/SCALING.md.")
+MAX_MEMORY_HELP = "Memory cap per device with --device-map, e.g. 0=20GiB,1=20GiB,cpu=64GiB."
 JUDGE_HELP = ("Refusal judge: phrases (default; refusal phrases in the first 160 characters, case-insensitive), "
               "phrases:N, gcg (GCG prefixes verbatim), py:module:function, classifier:MODEL[:LABELS].")
 
@@ -76,10 +79,12 @@ def _load_set(spec: str, default_label: str, limit: int | None) -> list[Any]:
     return records
 
 
-def _load_model(model: str, dtype: str, device: str | None, trust_remote_code: bool):
+def _load_model(model: str, dtype: str, device: str | None, trust_remote_code: bool,
+                device_map: str | None = None, max_memory: str | None = None):
     from ihs.models.loading import load_model
 
-    return load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    return load_model(model, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                      trust_remote_code=trust_remote_code)
 
 
 def _guard(fn, *args) -> None:
@@ -111,15 +116,18 @@ def generate_cmd(
     system_prompt: Annotated[str | None, typer.Option(help="System prompt for chat formatting.")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, mps (default: cpu).")] = None,
+    device_map: Annotated[str | None, typer.Option(
+        "--device-map", help=DEVICE_MAP_HELP)] = None,
+    max_memory: Annotated[str | None, typer.Option("--max-memory", help=MAX_MEMORY_HELP)] = None,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow model code from the hub.")] = False,
 ) -> None:
     """Generate greedy answers for prompt sets, judge refusal, report refusal rate per class and family and ASR."""
     _guard(_generate, out, model, data, limit, max_new_tokens, batch_size, judge, rejudge, chat, system_prompt,
-           dtype, device, trust_remote_code, limit_by, lang)
+           dtype, device, trust_remote_code, device_map, max_memory, limit_by, lang)
 
 
 def _generate(out, model, data, limit, max_new_tokens, batch_size, judge, rejudge, chat, system_prompt, dtype,
-              device, trust_remote_code, limit_by=None, lang=None) -> None:
+              device, trust_remote_code, device_map=None, max_memory=None, limit_by=None, lang=None) -> None:
     from ihs.data.prepare import prepare
     from ihs.generation import (
         GenerateOptions,
@@ -141,7 +149,7 @@ def _generate(out, model, data, limit, max_new_tokens, batch_size, judge, rejudg
         meta = {k: old.get(k) for k in ("model", "identity", "options", "seconds", "new_tokens_per_s") if k in old}
     else:
         records, _ = prepare(data or [], limit=limit, lang=lang, limit_by=limit_by)
-        lm = _load_model(model, dtype, device, trust_remote_code)
+        lm = _load_model(model, dtype, device, trust_remote_code, device_map, max_memory)
         options = GenerateOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat,
                                   system_prompt=system_prompt)
         run = generate(lm, records, options, judge)
@@ -189,11 +197,15 @@ def graft_cmd(
     system_prompt: Annotated[str | None, typer.Option(help="System prompt for chat formatting.")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, mps (default: cpu).")] = None,
+    device_map: Annotated[str | None, typer.Option(
+        "--device-map", help=DEVICE_MAP_HELP)] = None,
+    max_memory: Annotated[str | None, typer.Option("--max-memory", help=MAX_MEMORY_HELP)] = None,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow model code from the hub.")] = False,
 ) -> None:
     """Logit grafting: replace the targets' last-position state at each layer with a donor state, generate, judge."""
     _guard(_graft, out, model, target, donor, layers, limit, donor_limit, per_pair, jailbreak, reverse,
-           max_new_tokens, batch_size, judge, examples, chat, system_prompt, dtype, device, trust_remote_code)
+           max_new_tokens, batch_size, judge, examples, chat, system_prompt, dtype, device, trust_remote_code,
+           device_map, max_memory)
 
 
 def _split(records: list[Any], limit: int, donor_limit: int, what: str) -> tuple[list[Any], list[Any]]:
@@ -204,7 +216,8 @@ def _split(records: list[Any], limit: int, donor_limit: int, what: str) -> tuple
 
 
 def _graft(out, model, target, donor, layers, limit, donor_limit, per_pair, jailbreak, reverse, max_new_tokens,
-           batch_size, judge, examples, chat, system_prompt, dtype, device, trust_remote_code) -> None:
+           batch_size, judge, examples, chat, system_prompt, dtype, device, trust_remote_code,
+           device_map=None, max_memory=None) -> None:
     from ihs.generation import GenerateOptions
     from ihs.interventions.grafting import graft_sweep, parse_layers
     from ihs.progress import console
@@ -224,7 +237,7 @@ def _graft(out, model, target, donor, layers, limit, donor_limit, per_pair, jail
         goals = {t.id for t in targets}
         matched = [r for r in pool if r.tags.get("goal_id") in goals]
         reference = matched or pool[:limit]
-    lm = _load_model(model, dtype, device, trust_remote_code)
+    lm = _load_model(model, dtype, device, trust_remote_code, device_map, max_memory)
     chosen = parse_layers(layers, lm.num_layers)
     options = GenerateOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat,
                               system_prompt=system_prompt)
