@@ -18,10 +18,11 @@ run() {  # short model name, zoo name, guard layers, sweep layer ranges (space s
   [ -f $OUT/$short-tune/defense.json ] || /usr/bin/time -f "$short tune wall %e s" $IHS defend sweep $common $L \
       --alpha 0.05 --alpha 0.1 --alpha 0.2 --split tune --limit jailbreak=24,16 --max-new-tokens 16 \
       --out $OUT/$short-tune
-  best=$(.venv/bin/python -c "import json; d=json.load(open('$OUT/$short-tune/defense.json')); \
-v=[v for v in d['variants'] if v['name']==d['best']]; v=v[0] if v else None; \
+  # best on the tune split: largest (attack-ASR drop - benign-refusal rise); see choose_best
+  best=$(.venv/bin/python -c "import json; from ihs.interventions.defense import choose_best; \
+v=choose_best(json.load(open('$OUT/$short-tune/defense.json'))['variants']); \
 print(f\"{v['layers'][0]}:{v['layers'][-1]} {v['alpha']}\" if v else '')")
-  if [ -z "$best" ]; then echo "$short: no setting within the over-refusal budget"; return; fi
+  if [ -z "$best" ]; then echo "$short: no conditional setting"; return; fi
   set -- $best
   [ -f $OUT/$short-eval/defense.json ] || /usr/bin/time -f "$short eval wall %e s" $IHS defend $common \
       --layers $1 --alpha $2 --split eval --limit jailbreak=48,32 --max-new-tokens 24 --out $OUT/$short-eval

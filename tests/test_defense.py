@@ -385,3 +385,15 @@ def test_cli_direction_and_defend_end_to_end(tmp_path):
     res = runner.invoke(app, ["defend", "--model", str(folder), "--direction", str(tmp_path / "dir"), "--layers", "1:2",
                               "--alpha", "1", "--out", str(out), *data])
     assert isinstance(res.exception, IhsError) and "--guard" in str(res.exception)
+
+
+def test_choose_best_rules():
+    def v(name, mode, asr, ref, alpha=0.1, layers=(1,)):
+        return {"name": name, "mode": mode, "asr_attack": asr, "refusal_benign": ref, "alpha": alpha, "layers": list(layers)}
+
+    variants = [v("base", "none", 0.8, 0.1), v("weak", "conditional", 0.6, 0.1, 0.05),
+                v("strong", "conditional", 0.1, 0.4, 0.2), v("always", "always", 0.0, 0.9)]
+    assert choose_best(variants)["name"] == "strong"  # gain 0.7 - 0.3 = 0.4 > 0.2
+    assert choose_best(variants, max_over_refusal=0.1)["name"] == "weak"
+    assert choose_best(variants, max_over_refusal=0.0)["name"] == "weak"
+    assert choose_best(variants[:1] + variants[2:], max_over_refusal=0.05) is None

@@ -485,12 +485,27 @@ def _examples(rows: list[dict[str, Any]], base: list[dict[str, Any]], n: int) ->
     return picked
 
 
-def choose_best(variants: Sequence[dict[str, Any]], max_over_refusal: float = 0.1) -> dict[str, Any] | None:
-    """The conditional setting with the lowest attack ASR whose benign refusal rate rises by at most
-    ``max_over_refusal`` over the undefended run (ties: smaller alpha, then fewer layers)."""
+def choose_best(variants: Sequence[dict[str, Any]], max_over_refusal: float | None = None) -> dict[str, Any] | None:
+    """The best conditional setting.
+
+    ``max_over_refusal=None`` (default): the largest net gain, (drop of the attack ASR) minus (rise
+    of the benign refusal rate), both against the undefended run. With a budget: the lowest attack
+    ASR among settings whose benign refusal rate rises by at most ``max_over_refusal`` (None if no
+    setting fits). Ties: smaller alpha, then fewer layers.
+    """
     base = next(v for v in variants if v["mode"] == "none")
-    ok = [v for v in variants if v["mode"] == "conditional"
-          and v["refusal_benign"] is not None and v["refusal_benign"] - base["refusal_benign"] <= max_over_refusal + 1e-12]
+    cands = [v for v in variants if v["mode"] == "conditional" and v["refusal_benign"] is not None
+             and v["asr_attack"] is not None]
+    if max_over_refusal is None:
+        if not cands:
+            return None
+        return min(cands, key=lambda v: (-round(gain(v, base), 12), v["alpha"], len(v["layers"])))
+    ok = [v for v in cands if v["refusal_benign"] - base["refusal_benign"] <= max_over_refusal + 1e-12]
     if not ok:
         return None
     return min(ok, key=lambda v: (v["asr_attack"], v["alpha"], len(v["layers"])))
+
+
+def gain(v: dict[str, Any], base: dict[str, Any]) -> float:
+    """Attack-ASR drop minus benign-refusal rise, against the undefended run."""
+    return (base["asr_attack"] - v["asr_attack"]) - (v["refusal_benign"] - base["refusal_benign"])

@@ -122,7 +122,7 @@ def _guard(lm: Any, guard: Path | None, probe_store: Path | None, probe_layer: i
 def _run(model: str, guard: Path | None, probe_store: Path | None, probe_layer: int | None, threshold: float | None,
          direction: Path, layer_specs: list[str], alphas: list[float], data: list[str], exclude_store: list[Path],
          split: str, tune_fraction: float, limit: str | None, max_new_tokens: int, batch_size: int, prompt_only: bool,
-         positions: str, always: str, full: bool, quality: bool, judge: str, max_over_refusal: float, out: Path,
+         positions: str, always: str, full: bool, quality: bool, judge: str, max_over_refusal: float | None, out: Path,
          dtype: str, device: str | None, sweep: bool) -> None:
     import sys
     import time
@@ -187,7 +187,11 @@ def _run(model: str, guard: Path | None, probe_store: Path | None, probe_layer: 
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
     plot_tradeoff(result, out / "tradeoff.png", title=f"{lm.name}: {command}")
     console.print(table)
-    console.print(f"best (benign refusal rise <= {max_over_refusal:g}): {result['best']}")
+    rule = (f"lowest attack ASR with benign refusal rise <= {max_over_refusal:g}" if max_over_refusal is not None
+            else "largest attack-ASR drop minus benign-refusal rise")
+    result["best_rule"] = rule
+    _write_json(out / "defense.json", result)
+    console.print(f"best ({rule}): {result['best']}")
     console.print(f"wrote {out}/defense.json, generations.jsonl, table.md, tradeoff.png ({result['seconds']:.0f} s)")
 
 
@@ -215,7 +219,9 @@ def defend_cmd(
     full: bool = typer.Option(False, "--full", help="Regenerate unflagged prompts too (default: reuse their undefended answers, identical by design)."),
     quality: bool = typer.Option(True, "--quality/--no-quality", help="Perplexity of undefended normal answers under the defense."),
     judge: str = typer.Option("phrases", help="Refusal judge (see ihs generate)."),
-    max_over_refusal: float = typer.Option(0.1, help="Best setting: largest allowed rise of the benign refusal rate."),
+    max_over_refusal: float | None = typer.Option(
+        None, help="Best setting = lowest attack ASR whose benign refusal rate rises by at most this; "
+        "default: the largest (attack-ASR drop - benign-refusal rise)."),
     out: Path = typer.Option(None, "--out", "-o", help="Output directory."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     device: str | None = typer.Option(None, help="cpu, cuda, ..."),
@@ -256,7 +262,9 @@ def sweep_cmd(
     full: bool = typer.Option(False, "--full", help="Regenerate unflagged prompts too."),
     quality: bool = typer.Option(True, "--quality/--no-quality", help="Perplexity check on normal prompts."),
     judge: str = typer.Option("phrases", help="Refusal judge."),
-    max_over_refusal: float = typer.Option(0.1, help="Best setting: largest allowed rise of the benign refusal rate."),
+    max_over_refusal: float | None = typer.Option(
+        None, help="Best setting = lowest attack ASR whose benign refusal rate rises by at most this; "
+        "default: the largest (attack-ASR drop - benign-refusal rise)."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     device: str | None = typer.Option(None, help="cpu, cuda, ..."),
 ) -> None:
