@@ -86,11 +86,11 @@ def test_interrupted_run_resumes_to_identical_store(tmp_path, tiny_llama, monkey
     real = ex.forward_last_states
     calls = {"n": 0}
 
-    def failing(lm, batch_ids):
+    def failing(lm, batch_ids, prefix=None):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return real(lm, batch_ids)
+        return real(lm, batch_ids, prefix)
 
     monkeypatch.setattr(ex, "forward_last_states", failing)
     out = tmp_path / "store"

@@ -26,7 +26,9 @@ TEXTS = [
 ]
 RECORDS = [{"id": f"p{i}", "text": t, "label": "malicious" if i % 2 else "normal", "dataset": "t", "tags": {"i": i}}
            for i, t in enumerate(TEXTS)]
-OPTIONS = ExtractOptions(batch_size=2, max_batch_tokens=4096, k=4)
+# the system prompt gives every prompt a long shared opening, so the prefix cache is exercised on both paths
+OPTIONS = ExtractOptions(batch_size=2, max_batch_tokens=4096, k=4,
+                         system_prompt="You are a careful and helpful assistant. Answer briefly and plainly.")
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +83,7 @@ def test_ray_store_equals_single_process(cluster, model_dir, reference, tmp_path
     assert_same_store(store, reference)
     stats = store.manifest["runs"][-1]
     assert stats["ray"]["actors"] == 2 and stats["ray"]["units"] >= 4 and stats["prompts"] == len(RECORDS)
+    assert stats["shared_prefix_tokens"] == reference.manifest["runs"][-1]["shared_prefix_tokens"] >= 8
     assert len(shard_files(out / "shards")) == stats["ray"]["units"]
     assert store.manifest["status"] == "complete"
 

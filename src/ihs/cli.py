@@ -31,6 +31,8 @@ def extract_cmd(
     limit_by: str | None = typer.Option(None, "--limit-by", help="Apply --limit per value of this tag too, e.g. lang."),
     lang: str | None = typer.Option(None, "--lang", help="Language tag for prompts without one (a lang/language column wins)."),
     batch_size: int = typer.Option(32, help="Largest batch (prompts)."),
+    shared_prefix: bool = typer.Option(True, "--shared-prefix/--no-shared-prefix",
+                                       help="Run the opening every prompt shares (chat template, system prompt) once."),
     max_batch_tokens: int | None = typer.Option(None, help="Largest batch in padded tokens (default: from free memory)."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps (default: cpu)."),
@@ -69,7 +71,7 @@ def extract_cmd(
     console.print(_cleaning_line(report))
     options = ExtractOptions(chat=chat, system_prompt=system_prompt, k=k, batch_size=batch_size,
                              max_batch_tokens=max_batch_tokens, max_length=max_length,
-                             truncate=not no_truncate, store_dtype=store_dtype)
+                             truncate=not no_truncate, store_dtype=store_dtype, shared_prefix=shared_prefix)
     load_args = dict(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
                      offload_folder=str(offload_folder) if offload_folder else None,
                      trust_remote_code=trust_remote_code)
@@ -98,30 +100,52 @@ def bench_cmd(
     data: list[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Default: built-in normal and malicious."),
     prompts: int = typer.Option(200, help="Prompts measured (split evenly over the datasets)."),
     reference_prompts: int | None = typer.Option(None, help="Prompts for the slow reference path (default: all)."),
-    dtype: str = typer.Option("float32", help="float32 or bfloat16."),
-    batch_size: int = typer.Option(32, help="Largest batch (prompts)."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    batch_size: int = typer.Option(64, help="Largest extraction batch (prompts)."),
     max_batch_tokens: int | None = typer.Option(None, help="Largest batch in padded tokens (default: from free memory)."),
+    shared_prefix: bool = typer.Option(True, "--shared-prefix/--no-shared-prefix",
+                                       help="Run the chat template's shared opening once per run."),
+    rounds: int = typer.Option(3, help="Interleaved rounds (ceiling, ihs, reference slice); best round reported."),
+    generate_prompts: int = typer.Option(48, help="Prompts for the generation bench (0: skip it)."),
+    reference_generations: int | None = typer.Option(12, help="Prompts generated one by one for the reference."),
+    max_new_tokens: int = typer.Option(32, help="New tokens per answer in the generation bench."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    device_map: str | None = typer.Option(None, "--device-map", help="accelerate device map, e.g. auto."),
+    threads: int | None = typer.Option(None, help="torch threads (default: torch's choice)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Measure extraction against the paper's code path and the matmul ceiling, in one run."""
+    """Measure extraction and generation against the paper's code path and the matmul ceiling, in one run."""
     import json
 
-    from ihs.bench import bench_extract
+    import torch
+
+    from ihs.bench import bench_extract, bench_generate
     from ihs.data.prepare import prepare
     from ihs.extract import ExtractOptions
     from ihs.models.loading import load_model
 
+    if threads:
+        torch.set_num_threads(threads)
     specs = data or ["normal=builtin:normal", "malicious=builtin:malicious"]
     records, _ = prepare(specs, limit=max(1, prompts // len(specs)))
-    lm = load_model(model, dtype=dtype)
-    result = bench_extract(lm, [r.text for r in records], reference_prompts,
-                           ExtractOptions(batch_size=batch_size, max_batch_tokens=max_batch_tokens))
+    lm = load_model(model, dtype=dtype, device=device, device_map=device_map)
+    texts = [r.text for r in records]
+    options = ExtractOptions(batch_size=batch_size, max_batch_tokens=max_batch_tokens, shared_prefix=shared_prefix)
+    result = bench_extract(lm, texts, reference_prompts, options, rounds=rounds, progress=not as_json)
+    if generate_prompts > 0:
+        # the same classes, interleaved, so short and long answers are both represented
+        picked = [texts[i] for i in sorted(range(len(texts)), key=lambda i: (i % max(1, len(texts) // len(specs)), i))]
+        result["generation"] = bench_generate(lm, picked[:generate_prompts], reference_generations,
+                                              max_new_tokens=max_new_tokens, rounds=rounds, progress=not as_json)
+    result["device"] = str(lm.input_device)
+    if lm.input_device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(lm.input_device)
     result["data"] = specs
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
     for key, value in result.items():
-        typer.echo(f"{key:>28}: {value}")
+        typer.echo(f"{key:>30}: {value}")
 
 
 def _cleaning_line(report: dict) -> str:

@@ -29,6 +29,7 @@ from ihs.formatting import FormattedPrompt, format_prompt, uses_chat
 from ihs.models.anatomy import block_output
 from ihs.models.devices import execution_device, used_devices
 from ihs.models.loading import LoadedModel
+from ihs.prefix_cache import SharedPrefix, build_shared_prefix
 from ihs.progress import console, progress_bar
 from ihs.store import ActivationStore, StoreWriter, read_manifest, shard_files
 
@@ -46,6 +47,7 @@ class ExtractOptions:
     truncate: bool = True
     store_dtype: str = "float32"
     shard_mb: float = 32.0
+    shared_prefix: bool = True  # run the tokens every prompt opens with once (see ihs.prefix_cache)
 
 
 def as_record_dict(record: Any) -> dict[str, Any]:
@@ -98,34 +100,69 @@ class LastTokenRecorder:
         return torch.stack([s.to(device) for s in self.states], dim=1)
 
 
-def lens_topk(lm: LoadedModel, states: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k token ids and logits of the logit lens for states of shape (B, L+1, d), layer by layer."""
+def lens_topk(lm: LoadedModel, states: torch.Tensor, k: int,
+              max_logits_bytes: int = 64 * 2**20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k token ids and logits of the logit lens for states of shape (B, L+1, d).
+
+    All layers of all rows go through the unembedding as one matrix (in chunks
+    of at most ``max_logits_bytes`` of logits), which keeps the matmul wide.
+    """
     device = execution_device(lm.anatomy.final_norm)
+    batch, layers, width = states.shape
+    flat = states.reshape(batch * layers, width)
+    vocab = lm.anatomy.unembed.weight.shape[0]
+    chunk = max(1, max_logits_bytes // (4 * vocab))
     ids, logits = [], []
-    for layer in range(states.shape[1]):
-        layer_logits = lm.anatomy.lens(states[:, layer].to(device)).float()
-        top = torch.topk(layer_logits, k, dim=-1)
+    for start in range(0, flat.shape[0], chunk):
+        part = lm.anatomy.lens(flat[start : start + chunk].to(device)).float()
+        top = torch.topk(part, k, dim=-1)
         ids.append(top.indices.cpu())
         logits.append(top.values.cpu())
-    return torch.stack(ids, dim=1), torch.stack(logits, dim=1)
+    return torch.cat(ids).reshape(batch, layers, k), torch.cat(logits).reshape(batch, layers, k)
 
 
 @torch.inference_mode()
-def forward_last_states(lm: LoadedModel, batch_ids: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Run one right-padded batch through the backbone; return last-position states (B, L+1, d)."""
+def forward_last_states(lm: LoadedModel, batch_ids: Sequence[Sequence[int]],
+                        prefix: SharedPrefix | None = None) -> torch.Tensor:
+    """Run one right-padded batch through the backbone; return last-position states (B, L+1, d).
+
+    With ``prefix`` (the cached opening every sequence shares) only the rest of
+    each sequence is run, on top of the cached keys and values.
+    """
+    offset = 0
+    if prefix is not None:
+        if not all(prefix.matches(ids) for ids in batch_ids):
+            raise ValueError("a sequence does not start with the shared prefix")
+        offset = prefix.length
+        batch_ids = [ids[offset:] for ids in batch_ids]
     lengths = torch.tensor([len(ids) for ids in batch_ids])
     width = int(lengths.max())
     pad_id = lm.tokenizer.pad_token_id or 0
     input_ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch_ids), width), dtype=torch.long)
+    attention = torch.zeros((len(batch_ids), offset + width), dtype=torch.long)
+    attention[:, :offset] = 1
     for row, ids in enumerate(batch_ids):
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention[row, : len(ids)] = 1
+        attention[row, offset : offset + len(ids)] = 1
+    device = lm.input_device
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if prefix is not None:
+        positions = (offset + torch.arange(width)).unsqueeze(0).expand(len(batch_ids), -1)
+        kwargs = {"use_cache": True, "past_key_values": prefix.for_batch(len(batch_ids)),
+                  "position_ids": positions.to(device)}
     with LastTokenRecorder(lm) as recorder:
         recorder.last_index = lengths - 1
-        device = lm.input_device
-        lm.anatomy.backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
+        lm.anatomy.backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
         return recorder.stacked("cpu")
+
+
+def shared_prefix_for(lm: LoadedModel, sequences: Sequence[Sequence[int]], options: ExtractOptions) -> SharedPrefix | None:
+    """The cached opening shared by every sequence of a plan, when the options allow and it is worth it.
+
+    Computed over the whole plan (not only the rows left to do), so a resumed
+    run splits every prompt exactly as an uninterrupted one.
+    """
+    return build_shared_prefix(lm, sequences) if options.shared_prefix else None
 
 
 def _free_memory_bytes(device: torch.device) -> int:
@@ -320,6 +357,7 @@ def _run(lm, formatted, lengths, todo, options, progress, sink, rows_per_shard) 
     budget = options.max_batch_tokens or auto_batch_tokens(lm, longest)
     batches = plan_batches(lengths, todo, options.batch_size, budget)
     started = time.perf_counter()
+    prefix = shared_prefix_for(lm, [f.ids for f in formatted], options) if todo else None
     n_tokens = 0
     pending: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -335,7 +373,7 @@ def _run(lm, formatted, lengths, todo, options, progress, sink, rows_per_shard) 
 
     with progress_bar("extract", total=len(todo), enabled=progress) as advance, torch.inference_mode():
         for batch in batches:
-            states = forward_last_states(lm, [formatted[r].ids for r in batch])
+            states = forward_last_states(lm, [formatted[r].ids for r in batch], prefix)
             ids, logits = lens_topk(lm, states, options.k)
             pending.append((batch, states, ids, logits))
             n_tokens += sum(lengths[r] for r in batch)
@@ -344,7 +382,9 @@ def _run(lm, formatted, lengths, todo, options, progress, sink, rows_per_shard) 
             advance(len(batch))
         flush()
     elapsed = time.perf_counter() - started
-    return {"prompts": len(todo), "tokens": n_tokens, "seconds": round(elapsed, 3),
+    skipped = prefix.length * len(todo) - prefix.length if prefix is not None else 0
+    return {"prompts": len(todo), "tokens": n_tokens, "tokens_run": n_tokens - skipped,
+            "shared_prefix_tokens": prefix.length if prefix is not None else 0, "seconds": round(elapsed, 3),
             "prompts_per_s": round(len(todo) / elapsed, 3) if elapsed > 0 and todo else None,
             "batch_size": options.batch_size, "max_batch_tokens": budget}
 

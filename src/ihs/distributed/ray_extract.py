@@ -40,6 +40,7 @@ from ihs.extract import (
     plan_batches,
     rows_per_shard,
 )
+from ihs.prefix_cache import shared_prefix_length
 from ihs.progress import console, progress_bar
 from ihs.store import ActivationStore
 
@@ -105,6 +106,7 @@ class ExtractWorker:
         self.options = options
         self.exit_after_units = exit_after_units
         self.units_done = 0
+        self.prefix = None  # the plan's shared opening, built once per actor
 
     def describe(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.lm.input_device),
@@ -120,8 +122,17 @@ class ExtractWorker:
 
         return self.options.max_batch_tokens or auto_batch_tokens(self.lm, longest)
 
+    def _prefix(self, prefix_ids: list[int] | None):
+        from ihs.prefix_cache import SharedPrefix
+
+        if not prefix_ids:
+            return None
+        if self.prefix is None or self.prefix.ids != list(prefix_ids):
+            self.prefix = SharedPrefix.build(self.lm, prefix_ids)
+        return self.prefix
+
     def run_unit(self, shard_dir: str, index: int, batches: list[list[int]], ids: dict[int, list[int]],
-                 rows_info: list[dict[str, Any]]) -> dict[str, Any]:
+                 rows_info: list[dict[str, Any]], prefix_ids: list[int] | None = None) -> dict[str, Any]:
         import torch
 
         from ihs.extract import forward_last_states, lens_topk
@@ -133,7 +144,7 @@ class ExtractWorker:
         rows, hidden, lens_ids, lens_logits = [], [], [], []
         with torch.inference_mode():
             for batch in batches:
-                states = forward_last_states(self.lm, [ids[r] for r in batch])  # on CPU, per batch
+                states = forward_last_states(self.lm, [ids[r] for r in batch], self._prefix(prefix_ids))
                 top_ids, top_logits = lens_topk(self.lm, states, self.options.k)
                 rows.extend(batch)
                 hidden.append(states.float().numpy())
@@ -243,6 +254,9 @@ def _dispatch(ray, actors: list[Any], plan: ExtractPlan, todo: list[int], out: P
     spread = -(-len(todo) // (4 * len(actors))) if todo else 1  # >= 4 units per actor when the set is small
     unit_rows = ray_options.unit_rows or max(1, min(shard_rows, spread))
     units = work_units(batches, unit_rows)
+    # the same shared opening as a single-process run (computed over the whole plan), built once per actor
+    n_prefix = shared_prefix_length([f.ids for f in plan.formatted]) if options.shared_prefix else 0
+    prefix_ids = list(plan.formatted[0].ids[:n_prefix]) if n_prefix else None
     # Longest units first so that the last ones to finish are short (they come last in length order).
     queue = [(first_index + i, unit) for i, unit in reversed(list(enumerate(units)))]
     shard_dir = str(out / "shards")
@@ -255,7 +269,7 @@ def _dispatch(ray, actors: list[Any], plan: ExtractPlan, todo: list[int], out: P
         index, unit = queue.pop(0)
         rows = [r for b in unit for r in b]
         ids = {r: plan.formatted[r].ids for r in rows}
-        ref = actors[actor_no].run_unit.remote(shard_dir, index, unit, ids, plan.rows_info(rows))
+        ref = actors[actor_no].run_unit.remote(shard_dir, index, unit, ids, plan.rows_info(rows), prefix_ids)
         running[ref] = (actor_no, index, unit)
 
     with progress_bar(f"extract (ray, {len(actors)} actors)", total=len(todo), enabled=progress) as advance:
@@ -291,7 +305,7 @@ def _dispatch(ray, actors: list[Any], plan: ExtractPlan, todo: list[int], out: P
         raise StoreError(f"every Ray actor died ({'; '.join(failures)}); {len(todo) - left} of {len(todo)} prompts "
                          f"are in {out}; re-run the same command to resume")
     elapsed = time.perf_counter() - started
-    return {"prompts": len(todo), "tokens": n_tokens, "seconds": round(elapsed, 3),
+    return {"prompts": len(todo), "tokens": n_tokens, "shared_prefix_tokens": n_prefix, "seconds": round(elapsed, 3),
             "prompts_per_s": round(len(todo) / elapsed, 3) if elapsed > 0 and todo else None,
             "batch_size": options.batch_size, "max_batch_tokens": budget,
             "ray": {"address": ray_options.address or LOCAL, "actors": len(actors), "threads_per_actor": ray_options.threads,
