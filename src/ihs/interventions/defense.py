@@ -431,8 +431,8 @@ def evaluate(lm: LoadedModel, records: Sequence[Any], guard: Scorer, directions:
 
     runs: list[tuple[DefenseSetting, str]] = []
     for s in settings:
-        runs.append((s, "conditional"))
-        if ev.always:
+        runs.append((s, s.mode))
+        if ev.always and s.mode == "conditional":
             runs.append((DefenseSetting(s.layers, s.alpha, "always", s.when, s.positions), "always"))
     for setting, mode in runs:
         if mode == "conditional" and ev.reuse_unflagged:

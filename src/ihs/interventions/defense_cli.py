@@ -168,10 +168,8 @@ def _run(model: str, guard: Path | None, probe_store: Path | None, probe_layer: 
                                                                    best["when"], best["positions"])],
                          options, judge, EvalOptions(reuse_unflagged=True, quality=quality, always=False))
         uncond = extra["variants"][2]
-        uncond["mode"] = "always"
-        uncond["name"] = uncond["name"].replace("cond", "always", 1)
         result["variants"].append(uncond)
-        result["rows"].extend(r for r in extra["rows"] if r.get("setting") == best["name"])
+        result["rows"].extend(r for r in extra["rows"] if r.get("setting") == uncond["name"])
     out.mkdir(parents=True, exist_ok=True)
     rows = result.pop("rows")
     command = " ".join(["ihs", *sys.argv[1:]])
