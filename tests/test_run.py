@@ -143,7 +143,7 @@ def test_default_config_round_trips_through_yaml():
 def test_partial_config_keeps_defaults_and_rejects_mistakes(tmp_path):
     cfg = RunConfig.from_dict({"limit": 7, "probe": {"classifiers": "svm,mlp"}, "graft": {"targets": 5}})
     assert cfg.limit == 7 and cfg.probe.classifiers == ["svm", "mlp"] and cfg.graft.targets == 5
-    assert cfg.graft.layers == "0:L:3" and cfg.generate.limit == 40
+    assert cfg.graft.layers == "0:L:5" and cfg.generate.limit == 40
     with pytest.raises(IhsError, match="unknown key 'limits'"):
         RunConfig.from_dict({"limits": 3})
     with pytest.raises(IhsError, match="config.probe: unknown key 'folds2'"):
@@ -164,7 +164,7 @@ def test_print_config_cli_merges_a_config(tmp_path):
     result = CliRunner().invoke(app, ["run", "--print-config", "--config", str(cfg)])
     assert result.exit_code == 0, result.output
     data = yaml.safe_load(result.output)
-    assert data["limit"] == 3 and data["models"] == ["gemma-3-270m"] and data["graft"]["layers"] == "0:L:3"
+    assert data["limit"] == 3 and data["models"] == ["gemma-3-270m"] and data["graft"]["layers"] == "0:L:5"
 
 
 def test_step_key_depends_on_every_input():

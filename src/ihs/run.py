@@ -115,7 +115,7 @@ class JailbreakConfig:
 
 @dataclass
 class GraftConfig:
-    layers: str = "0:L:3"
+    layers: str = "0:L:5"
     targets: int = 24
     donors: int = 100
     target_class: str = "malicious"
