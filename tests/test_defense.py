@@ -301,6 +301,10 @@ def test_evaluate_reuse_matches_full_run_and_picks_best():
     assert refuse["per_class"]["malicious"]["refusal_rate"] == 1.0  # flagged -> refused
     assert refuse["per_class"]["contrast"]["refusal_rate"] == fast["variants"][0]["per_class"]["contrast"]["refusal_rate"]
     assert fast["variants"][2]["normal_ppl_ratio"] is not None
+    uncond = evaluate(lm, recs, guard, _dirs(lm, [2, 3]), [DefenseSetting([3], 4.0, "always")], opts,
+                      eval_options=EvalOptions(always=False, quality=False), progress=False)
+    assert uncond["variants"][2]["mode"] == "always"
+    assert all(r["steered"] for r in uncond["rows"] if r["setting"].startswith("always"))
     best = choose_best(fast["variants"], max_over_refusal=1.0)
     assert best is not None and best["mode"] == "conditional"
 
