@@ -209,16 +209,21 @@ def markdown(result: dict[str, Any], clf: str) -> str:
         rows = res["summary"]["rows"]
         if res.get("lens"):
             mids = res["middle_layers"]
-            lines += ["", f"Logit lens (top-{res['lens']['k']}), middle layers {mids[0]}-{mids[-1]} (mean) and last layer:",
-                      "", "| lang | negative, malicious (mid) | negative, normal (mid) | negative, malicious (last) "
-                      "| negative, normal (last) | malicious top-k in own script (mid / last) | in Latin script (mid) |",
-                      "|---|---|---|---|---|---|---|"]
+            ref = next((r.get("neg_ref_layer") for r in rows.values() if r.get("neg_ref_layer") is not None), None)
+            lines += ["", f"Logit lens (top-{res['lens']['k']}): share of prompts with a negative emotion token, at the "
+                      f"layer where it separates {src} malicious from normal best (block {_fmt(ref)}), the largest "
+                      f"malicious - normal difference at any layer, and the script of the malicious prompts' decoded "
+                      f"tokens over the middle third (blocks {mids[0]}-{mids[-1]}) and at the last layer:", "",
+                      f"| lang | negative at block {_fmt(ref)}: malicious / normal | largest difference (block) "
+                      "| negative at last layer: malicious / normal | most common script (mid, share) "
+                      "| own script (mid / last) |", "|---|---|---|---|---|---|"]
             for g in res["groups"]:
                 row = rows.get(g, {})
-                lines.append(f"| {g} | {_fmt(row.get('neg_mid_malicious'))} | {_fmt(row.get('neg_mid_normal'))} "
-                             f"| {_fmt(row.get('neg_last_malicious'))} | {_fmt(row.get('neg_last_normal'))} "
-                             f"| {_fmt(row.get('own_script_mid'))} / {_fmt(row.get('own_script_last'))} "
-                             f"| {_fmt(row.get('latin_mid'))} |")
+                top = (f"{row['top_script_mid']} {row['top_script_mid_share']:.2f}" if row.get("top_script_mid") else "-")
+                lines.append(f"| {g} | {_fmt(row.get('neg_malicious_at_ref'))} / {_fmt(row.get('neg_normal_at_ref'))} "
+                             f"| {_fmt(row.get('neg_diff_max'), '+.2f')} ({_fmt(row.get('neg_diff_max_layer'))}) "
+                             f"| {_fmt(row.get('neg_last_malicious'))} / {_fmt(row.get('neg_last_normal'))} | {top} "
+                             f"| {_fmt(row.get('own_script_mid'))} / {_fmt(row.get('own_script_last'))} |")
         lines.append("")
     if result.get("refusal"):
         lines += ["Refusal (phrase judge with every language's phrases; 'English phrases': what the English list "

@@ -359,6 +359,12 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                     row[f"{clf}_{direction}_early_mean"] = _mean(t["accuracy"], tr["layers"], early)
                     row[f"{clf}_{direction}_best"] = max(t["accuracy"])
     lens = result.get("lens")
+    ref_layer = None
+    if lens and result.get("source") in lens["groups"]:
+        src = lens["groups"][result["source"]]["classes"]
+        if "malicious" in src and "normal" in src:
+            diff = np.subtract(src["malicious"]["negative_topk"], src["normal"]["negative_topk"])
+            ref_layer = int(lens["layers"][int(np.argmax(diff))]) if diff.max() > 0 else None
     if lens:
         for g, entry in lens["groups"].items():
             row = rows.setdefault(g, {})
@@ -368,6 +374,14 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                 row["neg_mid_normal"] = _mean(n["negative_topk"], lens["layers"], mid)
                 row["neg_last_malicious"] = m["negative_topk"][-1]
                 row["neg_last_normal"] = n["negative_topk"][-1]
+                diff = np.subtract(m["negative_topk"], n["negative_topk"])
+                row["neg_diff_max"] = float(diff.max())
+                row["neg_diff_max_layer"] = int(lens["layers"][int(np.argmax(diff))])
+                if ref_layer is not None:
+                    i = lens["layers"].index(ref_layer)
+                    row["neg_ref_layer"] = ref_layer
+                    row["neg_malicious_at_ref"] = m["negative_topk"][i]
+                    row["neg_normal_at_ref"] = n["negative_topk"][i]
             want = entry.get("expected_script")
             if want and m:
                 own = m["script_share"].get(want, [0.0] * len(lens["layers"]))
@@ -375,4 +389,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                 row["own_script_last"] = own[-1]
                 latin = m["script_share"].get("latin", [0.0] * len(lens["layers"]))
                 row["latin_mid"] = _mean(latin, lens["layers"], mid)
+            if m:
+                mids = {sc: _mean(v, lens["layers"], mid) for sc, v in m["script_share"].items()}
+                row["top_script_mid"] = max(mids, key=mids.get) if mids else None
+                row["top_script_mid_share"] = mids[row["top_script_mid"]] if mids else None
     return {"early_layers": early, "rows": rows}
