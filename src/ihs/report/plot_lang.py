@@ -115,7 +115,8 @@ def plot_lens(results: list[dict[str, Any]], out: Path, caption: str | None, for
                "share of decoded tokens", (-0.02, 1.02))
         axes[0][col].legend(fontsize=7, ncol=3)
         axes[1][col].legend(fontsize=7, ncol=2)
-    fig.suptitle("Logit lens by language (grey band: middle third; English emotion lexicon)", fontsize=9)
+    fig.suptitle("Logit lens by language (grey band: middle third; ihs emotion lexicon: English words and a few "
+                 "Chinese ones)", fontsize=9)
     fig.tight_layout()
     return _save(fig, out, "lang_lens", caption, formats)
 
