@@ -102,3 +102,9 @@ def save_tiny(lm, folder: Path) -> Path:
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
     return folder
+
+
+def alternating_records(texts):
+    """Prompt dicts labelled normal, malicious, normal, ... (enough for extraction tests)."""
+    return [{"id": f"p{i}", "text": t, "label": "malicious" if i % 2 else "normal", "dataset": "t", "tags": {}}
+            for i, t in enumerate(texts)]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAMILIES, make_tiny
+from conftest import FAMILIES, alternating_records, make_tiny
 from ihs.errors import DataError, StoreError
 from ihs.extract import ExtractOptions, extract, plan_batches
 from ihs.formatting import format_prompt
@@ -23,8 +23,7 @@ TEXTS = [
 
 
 def records(texts=TEXTS):
-    return [{"id": f"p{i}", "text": t, "label": "malicious" if i % 2 else "normal", "dataset": "t", "tags": {}}
-            for i, t in enumerate(texts)]
+    return alternating_records(texts)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

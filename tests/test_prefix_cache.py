@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny
+from conftest import alternating_records, make_tiny
 from ihs.extract import ExtractOptions, extract
 from ihs.formatting import format_prompt
 from ihs.prefix_cache import build_shared_prefix, shared_prefix_length
@@ -24,8 +24,7 @@ TEXTS = [
 
 
 def records(texts=TEXTS):
-    return [{"id": f"p{i}", "text": t, "label": "malicious" if i % 2 else "normal", "dataset": "t", "tags": {}}
-            for i, t in enumerate(texts)]
+    return alternating_records(texts)
 
 
 def test_shared_prefix_length_edges():
