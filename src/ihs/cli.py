@@ -61,7 +61,7 @@ def extract_cmd(
 ) -> None:
     """Run prompt sets through a model; keep every layer's last-token state and logit-lens top-k."""
     from ihs.data.prepare import prepare
-    from ihs.extract import ExtractOptions, extract
+    from ihs.extract import ExtractOptions, extract_to
     from ihs.models.loading import load_model
     from ihs.progress import console
 
@@ -85,13 +85,13 @@ def extract_cmd(
                             overwrite=overwrite)
     else:
         lm = load_model(model, **load_args)
-        store = extract(lm, records, out, options, overwrite=overwrite)
-    run = (store.manifest.get("runs") or [{}])[-1]
+        manifest = extract_to(lm, records, out, options, overwrite=overwrite)  # streamed, never loaded whole
+    if ray is not None:
+        manifest = store.manifest
+    run = (manifest.get("runs") or [{}])[-1]
     rate = run.get("prompts_per_s")
-    console.print(
-        f"store: {out}  shape {tuple(store.hidden.shape)} (N, L+1, d)"
-        + (f"  {rate:.2f} prompts/s" if rate else "")
-    )
+    shape = (manifest.get("n_planned"), manifest["num_layers"] + 1, manifest["hidden_size"])
+    console.print(f"store: {out}  shape {shape} (N, L+1, d)" + (f"  {rate:.2f} prompts/s" if rate else ""))
 
 
 @app.command("bench")

@@ -10,6 +10,8 @@ positions identical to an unbatched run.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import json
 import logging
@@ -163,6 +165,27 @@ def shared_prefix_for(lm: LoadedModel, sequences: Sequence[Sequence[int]], optio
     run splits every prompt exactly as an uninterrupted one.
     """
     return build_shared_prefix(lm, sequences) if options.shared_prefix else None
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc only; elsewhere a no-op).
+
+    Batches of different shapes leave the heap fragmented, and glibc keeps what
+    was freed: without this, resident memory creeps up shard after shard and a
+    long extraction looks as if it held its results (measured in docs/PERFORMANCE.md).
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _free_memory_bytes(device: torch.device) -> int:
@@ -319,12 +342,28 @@ def extract(
     kept and only missing rows are computed. ``out=None`` keeps everything in memory.
     """
     options = options or ExtractOptions()
-    plan = plan_extraction(lm, records, options)
-    planned, formatted, lengths, manifest = plan.planned, plan.formatted, plan.lengths, plan.manifest
-
     if out is None:
-        return _extract_in_memory(lm, planned, formatted, lengths, manifest, options, progress)
+        plan = plan_extraction(lm, records, options)
+        return _extract_in_memory(lm, plan.planned, plan.formatted, plan.lengths, plan.manifest, options, progress)
+    extract_to(lm, records, out, options, progress, overwrite)
+    return ActivationStore.load(out)
 
+
+def extract_to(
+    lm: LoadedModel,
+    records: Sequence[Any],
+    out: str | Path,
+    options: ExtractOptions | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """:func:`extract` without loading the result: returns the finished store's manifest.
+
+    Peak memory then stays that of one shard in flight, however many prompts the store holds.
+    """
+    options = options or ExtractOptions()
+    plan = plan_extraction(lm, records, options)
+    planned, formatted, lengths = plan.planned, plan.formatted, plan.lengths
     out = Path(out)
     writer = open_store(out, plan, options, overwrite)
     done = writer.done_rows()
@@ -342,7 +381,7 @@ def extract(
     writer.flush()
     lens_tokens = decode_tokens(lm, all_lens_ids(out))
     writer.close(lens_tokens=lens_tokens, complete=True, stats=stats)
-    return ActivationStore.load(out)
+    return read_manifest(out)
 
 
 def _clear_store(out: Path) -> None:
@@ -370,6 +409,7 @@ def _run(lm, formatted, lengths, todo, options, progress, sink, rows_per_shard) 
         sink.put(np.array(rows), torch.cat([p[1] for p in pending]).float().numpy(),
                  torch.cat([p[2] for p in pending]).numpy(), torch.cat([p[3] for p in pending]).numpy(), info)
         pending.clear()
+        release_free_memory()
 
     with progress_bar("extract", total=len(todo), enabled=progress) as advance, torch.inference_mode():
         for batch in batches:

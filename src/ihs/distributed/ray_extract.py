@@ -135,7 +135,7 @@ class ExtractWorker:
                  rows_info: list[dict[str, Any]], prefix_ids: list[int] | None = None) -> dict[str, Any]:
         import torch
 
-        from ihs.extract import forward_last_states, lens_topk
+        from ihs.extract import forward_last_states, lens_topk, release_free_memory
         from ihs.store import write_shard
 
         if self.exit_after_units is not None and self.units_done >= self.exit_after_units:
@@ -153,6 +153,7 @@ class ExtractWorker:
         path = write_shard(Path(shard_dir), index, np.array(rows), np.concatenate(hidden), np.concatenate(lens_ids),
                            np.concatenate(lens_logits), rows_info, self.options.store_dtype)
         self.units_done += 1
+        release_free_memory()
         return {"index": index, "path": str(path), "rows": len(rows), "host": socket.gethostname(),
                 "tokens": sum(len(ids[r]) for r in rows), "seconds": time.perf_counter() - started}
 
