@@ -26,3 +26,6 @@ BUDGET=(--max-batch-tokens 4096)
 run small "${SETS[@]}" "${BUDGET[@]}" --limit 40
 run medium "${SETS[@]}" "${BUDGET[@]}" --limit 200
 run large "${SETS[@]}" "${BUDGET[@]}"
+# the large set again with every prompt cut to 68 tokens (the longest prompt of the smaller runs):
+# separates "more prompts" from "longer prompts" (the large set alone has prompts up to 224 tokens)
+run large-cut68 "${SETS[@]}" "${BUDGET[@]}" --max-length 68
