@@ -101,3 +101,12 @@ def test_folder_without_config_and_plain_file(tmp_path):
 def test_unknown_dtype():
     with pytest.raises(ModelError, match="unknown dtype"):
         load_model("whatever", dtype="int3")
+
+
+def test_folder_identity_tells_same_shaped_models_apart(tmp_path):
+    # two "fine-tunes": same architecture, config and file sizes, other weights
+    a = save_tiny(make_tiny("llama", seed=0), tmp_path / "a")
+    b = save_tiny(make_tiny("llama", seed=1), tmp_path / "b")
+    a_again = load_model(str(a), pull=False)
+    assert load_model(str(b), pull=False).fingerprint() != a_again.fingerprint()
+    assert load_model(str(a), pull=False).fingerprint() == a_again.fingerprint()

@@ -76,14 +76,32 @@ class LoadedModel:
         return str(self.identity.get("sha256") or self.identity.get("revision") or self.name)
 
 
+_SAMPLE_BYTES = 1 << 16
+
+
+def _sample_file(path: Path, digest: Any) -> None:
+    """Feed ``digest`` with the file's size and three 64 KB windows (start, middle, end).
+
+    Weight files of two fine-tunes of one architecture have the same names,
+    sizes and headers but differ almost everywhere in their data, so sampled
+    windows tell them apart without reading gigabytes.
+    """
+    size = path.stat().st_size
+    digest.update(f"{path.name}:{size}".encode())
+    with path.open("rb") as fh:
+        for start in sorted({0, max(0, size // 2 - _SAMPLE_BYTES // 2), max(0, size - _SAMPLE_BYTES)}):
+            fh.seek(start)
+            digest.update(fh.read(_SAMPLE_BYTES))
+
+
 def _folder_identity(folder: Path) -> dict[str, Any]:
-    """A cheap digest of a model folder: config plus weight file names and sizes."""
+    """A cheap digest of a model folder: its config and sampled bytes of every weight file."""
     digest = hashlib.sha256()
     config = folder / "config.json"
     if config.exists():
         digest.update(config.read_bytes())
     for weight in sorted(folder.glob("*.safetensors")):
-        digest.update(f"{weight.name}:{weight.stat().st_size}".encode())
+        _sample_file(weight, digest)
     return {"source": "folder", "path": str(folder), "revision": "folder-" + digest.hexdigest()[:16]}
 
 
