@@ -80,14 +80,12 @@ def extract_cmd(
         from ihs.models.devices import parse_device_map, parse_max_memory
 
         parse_device_map(device_map), parse_max_memory(max_memory)  # bad specs fail here, not on every actor
-        store = ray_extract({"name": model, **load_args}, records, out, options,
-                            RayOptions(address=ray, actors=ray_actors, threads=ray_threads, gpus=ray_gpus),
-                            overwrite=overwrite)
+        manifest = ray_extract({"name": model, **load_args}, records, out, options,
+                               RayOptions(address=ray, actors=ray_actors, threads=ray_threads, gpus=ray_gpus),
+                               overwrite=overwrite).manifest
     else:
         lm = load_model(model, **load_args)
         manifest = extract_to(lm, records, out, options, overwrite=overwrite)  # streamed, never loaded whole
-    if ray is not None:
-        manifest = store.manifest
     run = (manifest.get("runs") or [{}])[-1]
     rate = run.get("prompts_per_s")
     shape = (manifest.get("n_planned"), manifest["num_layers"] + 1, manifest["hidden_size"])

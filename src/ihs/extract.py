@@ -31,7 +31,7 @@ from ihs.formatting import FormattedPrompt, format_prompt, uses_chat
 from ihs.models.anatomy import block_output
 from ihs.models.devices import execution_device, used_devices
 from ihs.models.loading import LoadedModel
-from ihs.prefix_cache import SharedPrefix, build_shared_prefix
+from ihs.prefix_cache import SharedPrefix, build_shared_prefix, shared_prefix_length
 from ihs.progress import console, progress_bar
 from ihs.store import ActivationStore, StoreWriter, read_manifest, shard_files
 
@@ -158,13 +158,16 @@ def forward_last_states(lm: LoadedModel, batch_ids: Sequence[Sequence[int]],
         return recorder.stacked("cpu")
 
 
-def shared_prefix_for(lm: LoadedModel, sequences: Sequence[Sequence[int]], options: ExtractOptions) -> SharedPrefix | None:
-    """The cached opening shared by every sequence of a plan, when the options allow and it is worth it.
+def shared_prefix_ids(plan: ExtractPlan, options: ExtractOptions) -> list[int] | None:
+    """The opening every prompt of the plan shares, when the options allow and it is worth caching.
 
-    Computed over the whole plan (not only the rows left to do), so a resumed
-    run splits every prompt exactly as an uninterrupted one.
+    Taken over the whole plan (not only the rows left to do), so a resumed run,
+    and every Ray actor, splits each prompt exactly as an uninterrupted run does.
     """
-    return build_shared_prefix(lm, sequences) if options.shared_prefix else None
+    if not options.shared_prefix:
+        return None
+    n = shared_prefix_length([f.ids for f in plan.formatted])
+    return list(plan.formatted[0].ids[:n]) if n else None
 
 
 @functools.cache
@@ -344,7 +347,7 @@ def extract(
     options = options or ExtractOptions()
     if out is None:
         plan = plan_extraction(lm, records, options)
-        return _extract_in_memory(lm, plan.planned, plan.formatted, plan.lengths, plan.manifest, options, progress)
+        return _extract_in_memory(lm, plan, options, progress)
     extract_to(lm, records, out, options, progress, overwrite)
     return ActivationStore.load(out)
 
@@ -363,7 +366,7 @@ def extract_to(
     """
     options = options or ExtractOptions()
     plan = plan_extraction(lm, records, options)
-    planned, formatted, lengths = plan.planned, plan.formatted, plan.lengths
+    planned = plan.planned
     out = Path(out)
     writer = open_store(out, plan, options, overwrite)
     done = writer.done_rows()
@@ -372,8 +375,7 @@ def extract_to(
         console.print(f"resuming: {len(done)} of {len(planned)} prompts already in {out}")
     writer.start()
     try:
-        stats = _run(lm, formatted, lengths, todo, options, progress, writer,
-                     rows_per_shard(lm.num_layers, lm.hidden_size, options))
+        stats = _run(lm, plan, todo, options, progress, writer, rows_per_shard(lm.num_layers, lm.hidden_size, options))
     except BaseException:
         # Keep every finished shard so that a re-run resumes; never mark the store complete.
         writer.close(complete=False)
@@ -391,12 +393,13 @@ def _clear_store(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _run(lm, formatted, lengths, todo, options, progress, sink, rows_per_shard) -> dict[str, Any]:
+def _run(lm, plan: ExtractPlan, todo, options, progress, sink, rows_per_shard) -> dict[str, Any]:
+    formatted, lengths = plan.formatted, plan.lengths
     longest = max((lengths[r] for r in todo), default=1)
     budget = options.max_batch_tokens or auto_batch_tokens(lm, longest)
     batches = plan_batches(lengths, todo, options.batch_size, budget)
     started = time.perf_counter()
-    prefix = shared_prefix_for(lm, [f.ids for f in formatted], options) if todo else None
+    prefix = build_shared_prefix(lm, shared_prefix_ids(plan, options) or []) if todo else None
     n_tokens = 0
     pending: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -404,10 +407,9 @@ def _run(lm, formatted, lengths, todo, options, progress, sink, rows_per_shard) 
         if not pending:
             return
         rows = [r for p in pending for r in p[0]]
-        info = [{"formatted": formatted[r].text, "n_tokens": len(formatted[r].ids), "truncated": formatted[r].truncated}
-                for r in rows]
         sink.put(np.array(rows), torch.cat([p[1] for p in pending]).float().numpy(),
-                 torch.cat([p[2] for p in pending]).numpy(), torch.cat([p[3] for p in pending]).numpy(), info)
+                 torch.cat([p[2] for p in pending]).numpy(), torch.cat([p[3] for p in pending]).numpy(),
+                 plan.rows_info(rows))
         pending.clear()
         release_free_memory()
 
@@ -437,9 +439,10 @@ class _MemorySink:
         self.parts.append((rows, hidden, lens_ids, lens_logits, info))
 
 
-def _extract_in_memory(lm, planned, formatted, lengths, manifest, options, progress) -> ActivationStore:
+def _extract_in_memory(lm, plan: ExtractPlan, options, progress) -> ActivationStore:
+    planned, manifest = plan.planned, plan.manifest
     sink = _MemorySink()
-    stats = _run(lm, formatted, lengths, list(range(len(planned))), options, progress, sink, rows_per_shard=10**9)
+    stats = _run(lm, plan, list(range(len(planned))), options, progress, sink, rows_per_shard=10**9)
     rows = np.concatenate([p[0] for p in sink.parts])
     order = np.argsort(rows)
     info = [i for p in sink.parts for i in p[4]]

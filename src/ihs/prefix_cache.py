@@ -67,14 +67,12 @@ class SharedPrefix:
         return len(ids) > self.length and list(ids[: self.length]) == self.ids
 
 
-def build_shared_prefix(lm: LoadedModel, sequences: Sequence[Sequence[int]],
-                        minimum: int = MIN_PREFIX_TOKENS) -> SharedPrefix | None:
-    """The shared prefix of ``sequences`` as a cache, or None when there is none worth caching
-    or the model cannot take a cache (then the plain path is used)."""
-    n = shared_prefix_length(sequences, minimum)
-    if n == 0:
+def build_shared_prefix(lm: LoadedModel, prefix_ids: Sequence[int]) -> SharedPrefix | None:
+    """The cache of ``prefix_ids``, or None when there is nothing to cache or the model cannot
+    take a cache (then the plain path is used)."""
+    if not prefix_ids:
         return None
     try:
-        return SharedPrefix.build(lm, list(sequences[0][:n]))
+        return SharedPrefix.build(lm, list(prefix_ids))
     except (RuntimeError, TypeError, ValueError, AttributeError, NotImplementedError):
         return None

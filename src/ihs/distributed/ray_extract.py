@@ -39,8 +39,8 @@ from ihs.extract import (
     open_store,
     plan_batches,
     rows_per_shard,
+    shared_prefix_ids,
 )
-from ihs.prefix_cache import shared_prefix_length
 from ihs.progress import console, progress_bar
 from ihs.store import ActivationStore
 
@@ -123,12 +123,13 @@ class ExtractWorker:
         return self.options.max_batch_tokens or auto_batch_tokens(self.lm, longest)
 
     def _prefix(self, prefix_ids: list[int] | None):
-        from ihs.prefix_cache import SharedPrefix
+        from ihs.prefix_cache import build_shared_prefix
 
         if not prefix_ids:
             return None
         if self.prefix is None or self.prefix.ids != list(prefix_ids):
-            self.prefix = SharedPrefix.build(self.lm, prefix_ids)
+            # the same fallback as a single process: no cache if the model cannot take one
+            self.prefix = build_shared_prefix(self.lm, prefix_ids)
         return self.prefix
 
     def run_unit(self, shard_dir: str, index: int, batches: list[list[int]], ids: dict[int, list[int]],
@@ -256,8 +257,8 @@ def _dispatch(ray, actors: list[Any], plan: ExtractPlan, todo: list[int], out: P
     unit_rows = ray_options.unit_rows or max(1, min(shard_rows, spread))
     units = work_units(batches, unit_rows)
     # the same shared opening as a single-process run (computed over the whole plan), built once per actor
-    n_prefix = shared_prefix_length([f.ids for f in plan.formatted]) if options.shared_prefix else 0
-    prefix_ids = list(plan.formatted[0].ids[:n_prefix]) if n_prefix else None
+    prefix_ids = shared_prefix_ids(plan, options)
+    n_prefix = len(prefix_ids or [])
     # Longest units first so that the last ones to finish are short (they come last in length order).
     queue = [(first_index + i, unit) for i, unit in reversed(list(enumerate(units)))]
     shard_dir = str(out / "shards")
