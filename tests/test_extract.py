@@ -8,7 +8,7 @@ import torch
 
 from conftest import FAMILIES, alternating_records, make_tiny
 from ihs.errors import DataError, StoreError
-from ihs.extract import ExtractOptions, extract, plan_batches
+from ihs.extract import ExtractOptions, _lens_topk_rows, extract, lens_topk, plan_batches
 from ihs.formatting import format_prompt
 from ihs.store import ActivationStore
 
@@ -183,3 +183,73 @@ def test_plan_batches_bounds_padding():
     for b in batches:
         assert len(b) <= 4 and max(lengths[r] for r in b) * len(b) <= 250
     assert batches[0] == [0, 2, 4]
+
+
+def _padded(lengths, batches):
+    return sum(max(lengths[r] for r in b) * len(b) for b in batches)
+
+
+def _brute_force_cost(widths, batch_size, budget, cost):
+    """Cheapest cut of a sorted list, trying every set of cut points (tiny inputs only)."""
+    import itertools
+
+    n = len(widths)
+    best = None
+    for mask in itertools.product([0, 1], repeat=n - 1):
+        cuts = [0] + [i + 1 for i, m in enumerate(mask) if m] + [n]
+        parts = list(zip(cuts, cuts[1:], strict=False))
+        if any(j - i > batch_size or widths[j - 1] * (j - i) > budget for i, j in parts):
+            continue
+        total = sum(widths[j - 1] * (j - i) + cost for i, j in parts)
+        best = total if best is None else min(best, total)
+    return best
+
+
+def test_min_cost_batches_is_optimal_and_bounded():
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n = int(rng.integers(1, 11))
+        lengths = [int(x) for x in rng.integers(3, 40, size=n)]
+        rows = [int(r) for r in rng.permutation(n)]
+        batch_size, budget, cost = int(rng.integers(1, 6)), int(rng.integers(40, 160)), int(rng.integers(0, 60))
+        batches = plan_batches(lengths, rows, batch_size, budget, batch_cost=cost)
+        assert sorted(r for b in batches for r in b) == list(range(n))
+        for b in batches:
+            assert len(b) <= batch_size and max(lengths[r] for r in b) * len(b) <= budget
+        got = _padded(lengths, batches) + cost * len(batches)
+        assert got == _brute_force_cost(sorted(lengths), batch_size, budget, cost), trial
+    # no cost per batch: less padding than the greedy cut
+    lengths = [int(x) for x in rng.integers(10, 60, size=300)]
+    greedy = plan_batches(lengths, list(range(300)), 64, 4096)
+    optimal = plan_batches(lengths, list(range(300)), 64, 4096, batch_cost=0)
+    assert _padded(lengths, optimal) < _padded(lengths, greedy)
+    # a prompt longer than the token budget still gets a batch of its own
+    assert plan_batches([500, 5, 6], [0, 1, 2], 4, 100, batch_cost=10) == [[1, 2], [0]]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiled_lens_equals_whole_vocabulary_topk(family, dtype):
+    """Tiles of rows x vocabulary merge to the top-k of decoding each row over the whole vocabulary."""
+    lm = make_tiny(family)
+    lm.model.to(dtype)
+    lm.dtype = dtype
+    if family == "gemma3":
+        lm.anatomy.logit_softcap = 30.0  # the capped path (Gemma 2 caps its logits)
+    torch.manual_seed(1)
+    states = (torch.randn(7, lm.num_layers + 1, lm.hidden_size) * 3).to(dtype)
+    flat = states.reshape(-1, lm.hidden_size)
+    want_ids, want_values = _lens_topk_rows(lm, flat, 6, chunk=4)
+    # tiles are differently shaped matmuls: values agree to rounding, and an id is checked
+    # where its value is clear of both neighbours by more than that (bfloat16 logits tie often)
+    tol = (1e-5 if dtype == torch.float32 else 1e-2) * float(want_values.abs().max())
+    gaps = (want_values[:, :-1] - want_values[:, 1:]).abs() > tol
+    untied = gaps[:, :5] & torch.cat([torch.ones(len(flat), 1, dtype=torch.bool), gaps[:, :4]], 1)
+    want_ids, want_values = want_ids[:, :5], want_values[:, :5]
+    vocab = lm.anatomy.unembed.weight.shape[0]
+    for row_block, vocab_block in [(5, 37), (64, vocab), (3, vocab - 1), (1000, 4096)]:
+        ids, values = lens_topk(lm, states, 5, row_block=row_block, vocab_block=vocab_block)
+        assert ids.shape == values.shape == (7, lm.num_layers + 1, 5)
+        torch.testing.assert_close(values.reshape(-1, 5), want_values, atol=tol, rtol=0)
+        assert untied.float().mean() > 0.3
+        assert torch.equal(ids.reshape(-1, 5)[untied], want_ids[untied])

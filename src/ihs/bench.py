@@ -80,6 +80,14 @@ def _spread(n_total: int, n: int) -> list[int]:
     return [int(i * n_total / n) for i in range(n)]
 
 
+def _padding_share(stats: dict[str, Any]) -> float | None:
+    """Share of the tokens pushed through the backbone that were padding (the shared prefix aside)."""
+    if not stats.get("tokens_padded"):
+        return None
+    real = stats["tokens"] - stats.get("shared_prefix_tokens", 0) * stats["prompts"]
+    return round(1 - real / stats["tokens_padded"], 3)
+
+
 def _rate_summary(rates: list[float]) -> tuple[float, float]:
     return max(rates), statistics.median(rates)
 
@@ -104,7 +112,7 @@ def bench_extract(lm: LoadedModel, texts: list[str], reference_prompts: int | No
 
     extract(lm, records[: min(8, len(records))], None, options, progress=False)  # warm-up
     reference_lens_top1(lm, formatted[0])
-    ceilings, ihs_rates, ihs_gflops, ref_rates = [], [], [], []
+    ceilings, ihs_rates, ihs_gflops, ref_rates, fractions = [], [], [], [], []
     mismatches, max_state_diff, store, stats = 0, 0.0, None, {}
     with progress_bar("bench extract", total=rounds * (len(texts) + n_ref), enabled=progress) as advance:
         for r in range(rounds):
@@ -117,6 +125,7 @@ def bench_extract(lm: LoadedModel, texts: list[str], reference_prompts: int | No
             # executed matmul work: the tokens actually run (a shared prefix runs once) plus the lens rows
             run_tokens = stats.get("tokens_run", n_tokens)
             ihs_gflops.append((2.0 * body * run_tokens + 2.0 * unembed * len(texts) * (lm.num_layers + 1)) / seconds / 1e9)
+            fractions.append(ihs_gflops[-1] / ceilings[-1])
             advance(len(texts))
             started = time.perf_counter()
             for i in ref_slices[r]:
@@ -154,6 +163,9 @@ def bench_extract(lm: LoadedModel, texts: list[str], reference_prompts: int | No
         "effective_gflops": round(best_ihs * naive / 1e9, 1),
         "ceiling_gflops": round(ceiling, 1),
         "fraction_of_ceiling": round(gflops / ceiling, 3),
+        # each round's GFLOP/s over the ceiling measured just before it: the paired view of the same ratio
+        "fraction_of_ceiling_median": round(statistics.median(fractions), 3),
+        "padding_share": _padding_share(stats),
         "top1_lens_mismatches": mismatches,
         "top1_lens_compared": n_ref * (lm.num_layers + 1),
         "max_state_diff_vs_reference": max_state_diff,

@@ -102,25 +102,77 @@ class LastTokenRecorder:
         return torch.stack([s.to(device) for s in self.states], dim=1)
 
 
-def lens_topk(lm: LoadedModel, states: torch.Tensor, k: int,
-              max_logits_bytes: int = 64 * 2**20) -> tuple[torch.Tensor, torch.Tensor]:
+def lens_topk(lm: LoadedModel, states: torch.Tensor, k: int, row_block: int = 2048,
+              vocab_block: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k token ids and logits of the logit lens for states of shape (B, L+1, d).
 
-    All layers of all rows go through the unembedding as one matrix (in chunks
-    of at most ``max_logits_bytes`` of logits), which keeps the matmul wide.
+    All layers of all rows are decoded together, in tiles of ``row_block`` rows
+    by ``vocab_block`` vocabulary entries: each tile's logits are still in cache
+    when its top-k reads them, and only k candidates per tile are kept and
+    merged. Writing the full (rows, vocab) logits and reading them back would
+    make the unembedding memory-bound (measured in docs/PERFORMANCE.md).
     """
-    device = execution_device(lm.anatomy.final_norm)
     batch, layers, width = states.shape
     flat = states.reshape(batch * layers, width)
-    vocab = lm.anatomy.unembed.weight.shape[0]
-    chunk = max(1, max_logits_bytes // (4 * vocab))
+    unembed = lm.anatomy.unembed
+    if not _plain_linear(unembed):  # hooked (device map, offload) or unusual head: the module's own path
+        ids, logits = _lens_topk_rows(lm, flat, k, max(1, (64 * 2**20) // (4 * unembed.weight.shape[0])))
+    else:
+        ids, logits = _lens_topk_tiled(lm, flat, k, row_block, vocab_block)
+    return ids.reshape(batch, layers, k), logits.reshape(batch, layers, k)
+
+
+def _plain_linear(module: torch.nn.Module) -> bool:
+    """An unhooked ``nn.Linear`` with real weights: safe to call as a matmul on slices of its weight."""
+    return (type(module) is torch.nn.Linear and not hasattr(module, "_hf_hook")
+            and not module._forward_hooks and not module._forward_pre_hooks
+            and module.weight.device.type != "meta")
+
+
+@torch.inference_mode()
+def _lens_topk_rows(lm: LoadedModel, flat: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    device = execution_device(lm.anatomy.final_norm)
     ids, logits = [], []
     for start in range(0, flat.shape[0], chunk):
-        part = lm.anatomy.lens(flat[start : start + chunk].to(device)).float()
-        top = torch.topk(part, k, dim=-1)
+        top = torch.topk(lm.anatomy.lens(flat[start : start + chunk].to(device)).float(), k, dim=-1)
         ids.append(top.indices.cpu())
         logits.append(top.values.cpu())
-    return torch.cat(ids).reshape(batch, layers, k), torch.cat(logits).reshape(batch, layers, k)
+    return torch.cat(ids), torch.cat(logits)
+
+
+@torch.inference_mode()
+def _lens_topk_tiled(lm: LoadedModel, flat: torch.Tensor, k: int, row_block: int,
+                     vocab_block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    anatomy = lm.anatomy
+    weight, bias = anatomy.unembed.weight, anatomy.unembed.bias
+    device = weight.device
+    if device.type != "cpu":  # accelerators have the bandwidth: wide tiles, few launches
+        row_block, vocab_block = max(row_block, 4096), max(vocab_block, 65536)
+    vocab = weight.shape[0]
+    vocab_block = min(vocab_block, vocab)
+    kk = min(k, vocab_block)
+    normed = anatomy.final_norm(flat.to(execution_device(anatomy.final_norm), weight.dtype)).to(device)
+    tile = torch.empty((min(row_block, normed.shape[0]), vocab_block), dtype=weight.dtype, device=device)
+    ids, logits = [], []
+    for start in range(0, normed.shape[0], row_block):
+        rows = normed[start : start + row_block]
+        cand_values, cand_ids = [], []
+        for v0 in range(0, vocab, vocab_block):
+            w = weight[v0 : v0 + vocab_block]
+            out = tile[: rows.shape[0], : w.shape[0]]
+            torch.matmul(rows, w.T, out=out)
+            if bias is not None:
+                out += bias[v0 : v0 + vocab_block]
+            top = torch.topk(out.float(), min(kk, w.shape[0]), dim=-1)
+            cand_values.append(top.values)
+            cand_ids.append(top.indices + v0)
+        values, where = torch.topk(torch.cat(cand_values, dim=1), k, dim=-1)
+        ids.append(torch.gather(torch.cat(cand_ids, dim=1), 1, where).cpu())
+        if anatomy.logit_softcap:  # monotonic: the same ids; capped in the model's dtype, as lens() does
+            cap = anatomy.logit_softcap
+            values = (torch.tanh(values.to(weight.dtype) / cap) * cap).float()
+        logits.append(values.cpu())
+    return torch.cat(ids), torch.cat(logits)
 
 
 @torch.inference_mode()
@@ -220,9 +272,23 @@ def auto_batch_tokens(lm: LoadedModel, longest: int) -> int:
     return max(longest, min(budget, cap))
 
 
-def plan_batches(lengths: Sequence[int], rows: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Sort rows by length and cut them into batches bounded by size and padded token count."""
+# A batch's fixed cost (hooks, cache copies, small-matrix inefficiency) in padded tokens: the
+# trade between fewer, wider batches and less padding that plan_batches(batch_cost=...) makes.
+EXTRACT_BATCH_COST = 64
+
+
+def plan_batches(lengths: Sequence[int], rows: Sequence[int], batch_size: int, max_batch_tokens: int,
+                 batch_cost: int | None = None) -> list[list[int]]:
+    """Sort rows by length and cut them into batches bounded by size and padded token count.
+
+    Without ``batch_cost`` the cut is greedy (fill each batch to a bound). With it,
+    the cuts are chosen by dynamic programming to minimise padded tokens plus
+    ``batch_cost`` per batch: on the paper's 200 prompts through SmolLM2 the
+    greedy cut pads 12% of the tokens it runs, this one under 4%.
+    """
     order = sorted(rows, key=lambda r: (lengths[r], r))
+    if batch_cost is not None:
+        return _min_cost_batches([lengths[r] for r in order], order, batch_size, max_batch_tokens, batch_cost)
     batches: list[list[int]] = []
     current: list[int] = []
     for row in order:
@@ -234,6 +300,28 @@ def plan_batches(lengths: Sequence[int], rows: Sequence[int], batch_size: int, m
     if current:
         batches.append(current)
     return batches
+
+
+def _min_cost_batches(widths: Sequence[int], order: Sequence[int], batch_size: int, max_batch_tokens: int,
+                      batch_cost: int) -> list[list[int]]:
+    """Optimal cut of a length-sorted list: a batch ``order[i:j]`` costs ``widths[j-1] * (j-i) + batch_cost``."""
+    n = len(order)
+    best = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        width = widths[j - 1]
+        # a lone over-budget prompt still gets a batch of its own
+        lo = max(0, j - max(1, batch_size), j - max(1, max_batch_tokens // max(width, 1)))
+        starts = np.arange(lo, j)
+        costs = best[lo:j] + width * (j - starts) + batch_cost
+        pick = int(np.argmin(costs))  # the first minimum: the widest batch among equal costs
+        best[j], cut[j] = costs[pick], starts[pick]
+    batches = []
+    j = n
+    while j > 0:
+        batches.append(list(order[int(cut[j]) : j]))
+        j = int(cut[j])
+    return batches[::-1]
 
 
 def _plan_fingerprint(lm: LoadedModel, records: list[dict[str, Any]], formatted: list[FormattedPrompt],
@@ -397,10 +485,10 @@ def _run(lm, plan: ExtractPlan, todo, options, progress, sink, rows_per_shard) -
     formatted, lengths = plan.formatted, plan.lengths
     longest = max((lengths[r] for r in todo), default=1)
     budget = options.max_batch_tokens or auto_batch_tokens(lm, longest)
-    batches = plan_batches(lengths, todo, options.batch_size, budget)
+    batches = plan_batches(lengths, todo, options.batch_size, budget, EXTRACT_BATCH_COST)
     started = time.perf_counter()
     prefix = build_shared_prefix(lm, shared_prefix_ids(plan, options) or []) if todo else None
-    n_tokens = 0
+    n_tokens = n_padded = 0
     pending: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def flush() -> None:
@@ -419,6 +507,7 @@ def _run(lm, plan: ExtractPlan, todo, options, progress, sink, rows_per_shard) -
             ids, logits = lens_topk(lm, states, options.k)
             pending.append((batch, states, ids, logits))
             n_tokens += sum(lengths[r] for r in batch)
+            n_padded += len(batch) * (max(lengths[r] for r in batch) - (prefix.length if prefix is not None else 0))
             if sum(len(p[0]) for p in pending) >= rows_per_shard:
                 flush()
             advance(len(batch))
@@ -426,6 +515,7 @@ def _run(lm, plan: ExtractPlan, todo, options, progress, sink, rows_per_shard) -
     elapsed = time.perf_counter() - started
     skipped = prefix.length * len(todo) - prefix.length if prefix is not None else 0
     return {"prompts": len(todo), "tokens": n_tokens, "tokens_run": n_tokens - skipped,
+            "tokens_padded": n_padded,  # pushed through the backbone per batch, padding included
             "shared_prefix_tokens": prefix.length if prefix is not None else 0, "seconds": round(elapsed, 3),
             "prompts_per_s": round(len(todo) / elapsed, 3) if elapsed > 0 and todo else None,
             "batch_size": options.batch_size, "max_batch_tokens": budget}

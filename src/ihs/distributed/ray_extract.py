@@ -32,6 +32,7 @@ import numpy as np
 
 from ihs.errors import IhsError, StoreError
 from ihs.extract import (
+    EXTRACT_BATCH_COST,
     ExtractOptions,
     ExtractPlan,
     all_lens_ids,
@@ -251,7 +252,7 @@ def _dispatch(ray, actors: list[Any], plan: ExtractPlan, todo: list[int], out: P
     started = time.perf_counter()
     longest = max((plan.lengths[r] for r in todo), default=1)
     budget = ray.get(actors[0].batch_budget.remote(longest))
-    batches = plan_batches(plan.lengths, todo, options.batch_size, budget)
+    batches = plan_batches(plan.lengths, todo, options.batch_size, budget, EXTRACT_BATCH_COST)
     shard_rows = rows_per_shard(first["num_layers"], first["hidden_size"], options)
     spread = -(-len(todo) // (4 * len(actors))) if todo else 1  # >= 4 units per actor when the set is small
     unit_rows = ray_options.unit_rows or max(1, min(shard_rows, spread))
