@@ -2,7 +2,7 @@
 # The tables of docs/PERFORMANCE.md: `ihs bench` for the three zoo models in float32 and bfloat16,
 # peak memory at two dataset sizes, and what bfloat16 changes in probe accuracy.
 # Usage (repo root, ../shared/data/paper present): benchmarks/performance.sh [bench|memory|bf16-probes|all]
-# Results land in benchmarks/results/. Run on a quiet machine: rates are best-of-3 interleaved rounds.
+# Results land in benchmarks/results/. Run on a quiet machine: rates are best-of-5 interleaved rounds.
 set -euo pipefail
 P=../shared/data/paper
 R=benchmarks/results
@@ -11,7 +11,7 @@ PAPER=(--data normal=$P/normal_prompt.csv --data malicious=$P/malicious_prompt.c
 what=${1:-all}
 
 bench() {  # model short dtype prompts reference_prompts generate_prompts reference_generations
-  .venv/bin/ihs bench --model "$1" --dtype "$3" "${PAPER[@]}" --prompts "$4" --reference-prompts "$5" \
+  .venv/bin/ihs bench --model "$1" --dtype "$3" "${PAPER[@]}" --prompts "$4" --reference-prompts "$5" --rounds 5 \
     --generate-prompts "$6" --reference-generations "$7" --json > "$R/bench_$2_$3.json"
   echo "bench $2 $3 -> $R/bench_$2_$3.json"
 }
