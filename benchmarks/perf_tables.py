@@ -26,6 +26,7 @@ def main(folder: Path) -> None:
                 f"| {d['reference_prompts_per_s']:.3f} (n={d['reference_prompts']}) "
                 f"| **{d['speedup']:.1f}x** ({d['speedup_median']:.1f}x) "
                 f"| {d['gflops']:.0f} / {d['ceiling_gflops']:.0f} = **{d['fraction_of_ceiling']:.2f}** "
+                f"({d['fraction_of_ceiling_median']:.2f}) | {d['padding_share']:.2f} "
                 f"| {d['effective_gflops']:.0f} "
                 f"| {d['top1_lens_mismatches']}/{d['top1_lens_compared']} | {d['peak_rss_mb']:.0f} |")
             g = d.get("generation")
@@ -36,9 +37,10 @@ def main(folder: Path) -> None:
                     f"({g['reference_new_tokens_per_s']:.1f} tok/s, n={g['reference_prompts']}) "
                     f"| **{g['speedup']:.1f}x** ({g['speedup_median']:.1f}x) | {g['same_answer_share']:.2f} |")
     print("| model | dtype | prompts (mean tokens, shared prefix) | ihs prompts/s best (median) "
-          "| reference prompts/s | speed-up best (median) | executed GFLOP/s / ceiling = fraction "
+          "| reference prompts/s | speed-up best (median) "
+          "| executed GFLOP/s / ceiling = fraction, best / best (paired median) | padding share "
           "| effective GFLOP/s | top-1 lens mismatches | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print()
     print("| model | dtype | prompts x new tokens | ihs batched prompts/s | reference (one generate per prompt) "
