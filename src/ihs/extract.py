@@ -31,7 +31,7 @@ from ihs.formatting import FormattedPrompt, format_prompt, uses_chat
 from ihs.models.anatomy import block_output
 from ihs.models.devices import execution_device, used_devices
 from ihs.models.loading import LoadedModel
-from ihs.prefix_cache import SharedPrefix, build_shared_prefix, shared_prefix_length
+from ihs.prefix_cache import SharedPrefix, build_shared_prefix, cache_kwargs, shared_prefix_length
 from ihs.progress import console, progress_bar
 from ihs.store import ActivationStore, StoreWriter, read_manifest, shard_files
 
@@ -202,8 +202,8 @@ def forward_last_states(lm: LoadedModel, batch_ids: Sequence[Sequence[int]],
     kwargs: dict[str, Any] = {"use_cache": False}
     if prefix is not None:
         positions = (offset + torch.arange(width)).unsqueeze(0).expand(len(batch_ids), -1)
-        kwargs = {"use_cache": True, "past_key_values": prefix.for_batch(len(batch_ids)),
-                  "position_ids": positions.to(device)}
+        kwargs = {"use_cache": True, "position_ids": positions.to(device),
+                  **cache_kwargs(lm.anatomy.backbone, prefix.for_batch(len(batch_ids)))}
     with LastTokenRecorder(lm) as recorder:
         recorder.last_index = lengths - 1
         lm.anatomy.backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)

@@ -12,6 +12,7 @@ is always in it.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,19 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]], minimum: int = MIN_
     return n if n >= minimum else 0
 
 
+def cache_kwargs(backbone: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """``cache`` under the keyword the backbone takes: transformers 5 renamed ``past_key_values``
+    to ``cache`` and warns about (later drops) the old name."""
+    params = inspect.signature(backbone.forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache}
+
+
+def returned_cache(out: Any) -> Any:
+    """The key/value cache of a forward pass, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 @dataclass
 class SharedPrefix:
     """Key/value cache of ``ids`` run once through the backbone."""
@@ -52,9 +66,10 @@ class SharedPrefix:
     def build(cls, lm: LoadedModel, ids: Sequence[int]) -> SharedPrefix:
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=lm.input_device)
         out = lm.anatomy.backbone(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True)
-        if out.past_key_values is None:
+        cache = returned_cache(out)
+        if cache is None:
             raise RuntimeError("the backbone returned no key/value cache")
-        return cls(list(ids), out.past_key_values)
+        return cls(list(ids), cache)
 
     def for_batch(self, batch_size: int) -> Any:
         """A private copy of the cache repeated for ``batch_size`` rows (the forward pass appends to it)."""
