@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tables of docs/PERFORMANCE.md: `ihs bench` for the three zoo models in float32 and bfloat16,
 # peak memory at two dataset sizes, and what bfloat16 changes in probe accuracy.
-# Usage (repo root, ../shared/data/paper present): benchmarks/performance.sh [bench|memory|bf16-probes|all]
+# Usage (repo root, ../shared/data/paper present): benchmarks/performance.sh [bench|ablation|memory|bf16-probes|all]
 # Results land in benchmarks/results/. Run on a quiet machine: rates are best-of-5 interleaved rounds.
 set -euo pipefail
 P=../shared/data/paper
@@ -22,6 +22,15 @@ if [[ $what == bench || $what == all ]]; then
     bench qwen2.5-coder-0.5b-instruct qwen $dtype 100 20 24 6
     bench gemma-3-270m gemma $dtype 100 20 24 6
   done
+fi
+
+if [[ $what == ablation || $what == all ]]; then
+  # what the batch cut and the tiled lens are each worth (SmolLM2: chat prefix; Gemma: 262k vocabulary)
+  .venv/bin/python benchmarks/extract_ablation.py --model smollm2-135m-instruct --prompts 200 \
+    --json "$R/extract_ablation_smollm2.json" > /dev/null
+  .venv/bin/python benchmarks/extract_ablation.py --model gemma-3-270m --prompts 100 \
+    --json "$R/extract_ablation_gemma.json" > /dev/null
+  echo "ablation -> $R/extract_ablation_{smollm2,gemma}.json"
 fi
 
 if [[ $what == memory || $what == all ]]; then
