@@ -39,9 +39,7 @@ PAPER = "../shared/data/paper"
 
 def whole_rows(lm, states, k):
     """The lens before tiling: every row over the whole vocabulary, 64 MB of logits at a time."""
-    chunk = max(1, (64 * 2**20) // (4 * lm.anatomy.unembed.weight.shape[0]))
-    ids, values = _lens_topk_rows(lm, states.reshape(-1, states.shape[-1]), k, chunk)
-    return ids, values
+    return _lens_topk_rows(lm, states.reshape(-1, states.shape[-1]), k)
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from ihs.formatting import FormattedPrompt, format_prompt, uses_chat
 from ihs.models.anatomy import block_output
 from ihs.models.devices import execution_device, used_devices
 from ihs.models.loading import LoadedModel
-from ihs.prefix_cache import SharedPrefix, build_shared_prefix, cache_kwargs, shared_prefix_length
+from ihs.prefix_cache import SharedPrefix, build_shared_prefix, shared_prefix_length
 from ihs.progress import console, progress_bar
 from ihs.store import ActivationStore, StoreWriter, read_manifest, shard_files
 
@@ -114,9 +114,8 @@ def lens_topk(lm: LoadedModel, states: torch.Tensor, k: int, row_block: int = 20
     """
     batch, layers, width = states.shape
     flat = states.reshape(batch * layers, width)
-    unembed = lm.anatomy.unembed
-    if not _plain_linear(unembed):  # hooked (device map, offload) or unusual head: the module's own path
-        ids, logits = _lens_topk_rows(lm, flat, k, max(1, (64 * 2**20) // (4 * unembed.weight.shape[0])))
+    if not _plain_linear(lm.anatomy.unembed):  # hooked (device map, offload) or unusual head: the module's own path
+        ids, logits = _lens_topk_rows(lm, flat, k)
     else:
         ids, logits = _lens_topk_tiled(lm, flat, k, row_block, vocab_block)
     return ids.reshape(batch, layers, k), logits.reshape(batch, layers, k)
@@ -130,7 +129,11 @@ def _plain_linear(module: torch.nn.Module) -> bool:
 
 
 @torch.inference_mode()
-def _lens_topk_rows(lm: LoadedModel, flat: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _lens_topk_rows(lm: LoadedModel, flat: torch.Tensor, k: int,
+                    chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-vocabulary rows through the module's own lens, ``chunk`` rows (default: 64 MB of logits) at a time."""
+    if chunk is None:
+        chunk = max(1, (64 * 2**20) // (4 * lm.anatomy.unembed.weight.shape[0]))
     device = execution_device(lm.anatomy.final_norm)
     ids, logits = [], []
     for start in range(0, flat.shape[0], chunk):
@@ -203,7 +206,7 @@ def forward_last_states(lm: LoadedModel, batch_ids: Sequence[Sequence[int]],
     if prefix is not None:
         positions = (offset + torch.arange(width)).unsqueeze(0).expand(len(batch_ids), -1)
         kwargs = {"use_cache": True, "position_ids": positions.to(device),
-                  **cache_kwargs(lm.anatomy.backbone, prefix.for_batch(len(batch_ids)))}
+                  **prefix.batch_kwargs(len(batch_ids))}
     with LastTokenRecorder(lm) as recorder:
         recorder.last_index = lengths - 1
         lm.anatomy.backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)

@@ -37,11 +37,10 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]], minimum: int = MIN_
     return n if n >= minimum else 0
 
 
-def cache_kwargs(backbone: torch.nn.Module, cache: Any) -> dict[str, Any]:
-    """``cache`` under the keyword the backbone takes: transformers 5 renamed ``past_key_values``
+def cache_keyword(backbone: torch.nn.Module) -> str:
+    """The keyword the backbone takes its cache under: transformers 5 renamed ``past_key_values``
     to ``cache`` and warns about (later drops) the old name."""
-    params = inspect.signature(backbone.forward).parameters
-    return {"cache" if "cache" in params else "past_key_values": cache}
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
 
 
 def returned_cache(out: Any) -> Any:
@@ -56,6 +55,7 @@ class SharedPrefix:
 
     ids: list[int]
     cache: Any
+    keyword: str = "past_key_values"  # how the backbone takes it (cache_keyword)
 
     @property
     def length(self) -> int:
@@ -69,7 +69,7 @@ class SharedPrefix:
         cache = returned_cache(out)
         if cache is None:
             raise RuntimeError("the backbone returned no key/value cache")
-        return cls(list(ids), cache)
+        return cls(list(ids), cache, cache_keyword(lm.anatomy.backbone))
 
     def for_batch(self, batch_size: int) -> Any:
         """A private copy of the cache repeated for ``batch_size`` rows (the forward pass appends to it)."""
@@ -77,6 +77,10 @@ class SharedPrefix:
         if batch_size > 1:
             cache.batch_repeat_interleave(batch_size)
         return cache
+
+    def batch_kwargs(self, batch_size: int) -> dict[str, Any]:
+        """The backbone keyword argument carrying a private copy for ``batch_size`` rows."""
+        return {self.keyword: self.for_batch(batch_size)}
 
     def matches(self, ids: Sequence[int]) -> bool:
         return len(ids) > self.length and list(ids[: self.length]) == self.ids
