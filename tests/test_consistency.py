@@ -10,16 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_tiny
-from ihs.analysis.consistency import (
-    PAD,
-    default_layer_range,
-    layer_consistency,
-    parse_layer_range,
-    top_k_consistency,
-)
+from ihs.analysis.consistency import PAD, layer_consistency, top_k_consistency
 from ihs.analysis.emotion import EmotionMatcher
 from ihs.analysis.lens_cli import analyze_store, cross_model_table, table_markdown
 from ihs.errors import IhsError
+from ihs.layers import default_layer_range, parse_layer_range
 from ihs.report.plot_lens import HeatmapPanel, display_token, draw_consistency_heatmap
 from ihs.store import ActivationStore
 
@@ -101,7 +96,8 @@ def test_parse_layer_range():
     assert parse_layer_range(None, 24) == (8, 16)
     assert parse_layer_range("0.5:0.85", 24) == (12, 20)
     assert parse_layer_range("0.5:", 18) == (9, 18)
-    for bad in ("5", "20:10", "0:31", "a:b", "0.5:1.5", "1..2:3"):
+    assert parse_layer_range("5", 30) == (5, 5)  # one index is a span of one layer
+    for bad in ("5,6", "0:10:2", "20:10", "0:31", "a:b", "0.5:1.5", "1..2:3"):
         with pytest.raises(IhsError):
             parse_layer_range(bad, 30)
 

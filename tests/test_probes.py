@@ -23,12 +23,12 @@ from ihs.analysis.probes import (
     default_classes,
     make_classifier,
     parse_classifiers,
-    parse_layers,
     probe_store,
     probe_stores,
     wilson_interval,
 )
 from ihs.errors import IhsError, StoreError
+from ihs.layers import parse_layers
 from ihs.store import ActivationStore, StoreWriter
 
 PLANTED = (3, 4, 5)
@@ -239,7 +239,7 @@ def test_helpers_and_errors() -> None:
     with pytest.raises(IhsError):
         make_classifier("svm", mode="other")
     assert parse_layers("0-2,5", 7) == [0, 1, 2, 5]
-    with pytest.raises(IhsError, match="out of range"):
+    with pytest.raises(IhsError, match="outside 0..7"):
         parse_layers("9", 7)
     assert default_classes(["jailbreak", "malicious", "normal", "contrast"]) == ["normal", "malicious"]
     one = ActivationStore.from_arrays(np.zeros((6, 2, 3), np.float32), ["normal"] * 6)

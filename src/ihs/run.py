@@ -565,7 +565,8 @@ def _load_store(ctx: StepContext):
 
 def _run_probe(ctx: StepContext, folder: Path) -> dict[str, Any]:
     try:
-        from ihs.analysis.probes import count_tasks, parse_classifiers, parse_layers, probe_stores
+        from ihs.analysis.probes import count_tasks, parse_classifiers, probe_stores
+        from ihs.layers import parse_layers
         from ihs.report.plot_probes import plot_all
     except ImportError as exc:
         raise Unavailable(f"probes: {exc}") from None
@@ -599,8 +600,8 @@ def _tokenizer_for(ctx: StepContext, manifest: dict[str, Any]):
 def _run_lens(ctx: StepContext, folder: Path) -> dict[str, Any]:
     try:
         from ihs.analysis import lens_cli
-        from ihs.analysis.consistency import parse_layer_range
         from ihs.analysis.emotion import EmotionMatcher, Lexicon
+        from ihs.layers import parse_layer_range
     except ImportError as exc:
         raise Unavailable(f"logit lens: {exc}") from None
     cfg = ctx.config.lens
@@ -663,9 +664,9 @@ def _run_generate(ctx: StepContext, folder: Path) -> dict[str, Any]:
 def _run_jailbreak(ctx: StepContext, folder: Path) -> dict[str, Any]:
     try:
         from ihs.analysis import lens_cli
-        from ihs.analysis.consistency import parse_layer_range
         from ihs.analysis.emotion import EmotionMatcher, Lexicon
         from ihs.analysis.jailbreak import jailbreak_analysis
+        from ihs.layers import parse_layer_range
         from ihs.report.plot_graft import plot_jailbreak
     except ImportError as exc:
         raise Unavailable(f"jailbreak analysis: {exc}") from None
@@ -690,7 +691,8 @@ def _run_jailbreak(ctx: StepContext, folder: Path) -> dict[str, Any]:
 
 def _run_graft(ctx: StepContext, folder: Path) -> dict[str, Any]:
     try:
-        from ihs.interventions.grafting import graft_sweep, parse_layers
+        from ihs.interventions.grafting import graft_sweep
+        from ihs.layers import parse_layers
         from ihs.report.plot_graft import plot_graft
     except ImportError as exc:
         raise Unavailable(f"grafting: {exc}") from None

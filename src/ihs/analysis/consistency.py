@@ -17,13 +17,10 @@ the range; a value near k/V means the lists share nothing.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from ihs.errors import IhsError
 
 #: Token id used to pad a layer with fewer than k distinct tokens.
 PAD = -1
@@ -109,47 +106,3 @@ def top_k_consistency(lens_ids: np.ndarray, k: int | None = None, layers: list[i
     return Consistency(tokens=tokens, counts=counts, n=int(lens_ids.shape[0]), layers=layer_index)
 
 
-def default_layer_range(num_layers: int) -> tuple[int, int]:
-    """The middle third of depth over layer indices 0..L: ceil(L/3) .. floor(2L/3), inclusive.
-
-    SmolLM2 (L=30): 10..20; Qwen2.5-0.5B (L=24): 8..16; Gemma-3-270m (L=18): 6..12.
-    """
-    lo = -(-num_layers // 3)
-    hi = (2 * num_layers) // 3
-    return lo, max(lo, hi)
-
-
-_RANGE = re.compile(r"^\s*(-?[\d.]*)\s*:\s*(-?[\d.]*)\s*$")
-
-
-def parse_layer_range(spec: str | None, num_layers: int) -> tuple[int, int]:
-    """``"a:b"`` -> (a, b), inclusive at both ends, over indices 0..L.
-
-    Empty ends mean 0 and L; negative integers count from L (``-1`` = L); numbers with a decimal
-    point are fractions of depth, rounded (``0.5:0.85`` on L = 24 gives 12..20), so one range fits
-    models of different depth. ``None`` gives :func:`default_layer_range`.
-    """
-    if spec is None or spec == "":
-        return default_layer_range(num_layers)
-    m = _RANGE.match(spec)
-    if not m:
-        raise IhsError(f"layer range {spec!r} is not of the form a:b (inclusive, e.g. 10:20 or 0.5:0.85)")
-
-    def resolve(text: str, default: int) -> int:
-        if text in ("", "-"):
-            return default
-        try:
-            if "." in text:
-                frac = float(text)
-                if not 0.0 <= frac <= 1.0:
-                    raise IhsError(f"layer fraction {text} in {spec!r} must lie in 0..1")
-                return int(round(frac * num_layers))
-            value = int(text)
-        except ValueError:
-            raise IhsError(f"layer range {spec!r}: {text!r} is not a number") from None
-        return num_layers + 1 + value if value < 0 else value
-
-    lo, hi = resolve(m.group(1), 0), resolve(m.group(2), num_layers)
-    if not (0 <= lo <= hi <= num_layers):
-        raise IhsError(f"layer range {spec!r} is outside 0..{num_layers} or empty (ranges are inclusive: a <= b)")
-    return lo, hi

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from ihs.analysis.consistency import default_layer_range
 from ihs.analysis.emotion import CODES, EmotionMatcher, emotion_codes
 from ihs.analysis.probes import LayerwiseProbe, make_classifier
 from ihs.errors import IhsError
+from ihs.layers import default_layer_range
 from ihs.store import ActivationStore
 
 

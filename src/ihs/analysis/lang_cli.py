@@ -78,7 +78,8 @@ def _read_generations(path: Path) -> tuple[str, list[dict[str, Any]]]:
 def _run(stores, out, generations, tag, source, classes, classifiers, folds, seed, layers, names, control,
          formats) -> None:
     from ihs.analysis.multilingual import analyse_store, refusal_by_group
-    from ihs.analysis.probes import parse_classifiers, parse_layers
+    from ihs.analysis.probes import parse_classifiers
+    from ihs.layers import parse_layers
     from ihs.progress import console, progress_bar
     from ihs.report import plot_lang
     from ihs.store import ActivationStore

@@ -29,9 +29,10 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from ihs.analysis.consistency import PAD, parse_layer_range, top_k_consistency
+from ihs.analysis.consistency import PAD, top_k_consistency
 from ihs.analysis.emotion import EMOTIONS, EmotionMatcher, Lexicon, emotion_association, emotion_codes
 from ihs.errors import IhsError, StoreError
+from ihs.layers import parse_layer_range
 from ihs.store import ActivationStore
 
 log = logging.getLogger(__name__)

@@ -69,7 +69,8 @@ def _command_line(stores, out, classifiers, mode, classes, folds, seed, layers, 
 
 def _run(stores, out, classifiers, mode, classes, folds, seed, layers, names, control, bow, cross, ci, n_jobs,
          formats, by=None) -> None:
-    from ihs.analysis.probes import count_tasks, parse_classifiers, parse_layers, probe_stores
+    from ihs.analysis.probes import count_tasks, parse_classifiers, probe_stores
+    from ihs.layers import parse_layers
     from ihs.progress import console, progress_bar
     from ihs.report.plot_probes import plot_all
     from ihs.store import ActivationStore

@@ -289,24 +289,6 @@ def _resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     return out
 
 
-def parse_layers(spec: str | None, num_layers: int) -> list[int] | None:
-    """``"0-10,15"`` -> [0, ..., 10, 15]; None or "" -> every layer."""
-    if not spec:
-        return None
-    out: list[int] = []
-    try:
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError as exc:
-        raise IhsError(f"bad layer list {spec!r}; write e.g. 0-10,15") from exc
-    return _resolve_layers(out, num_layers)
-
-
 @_one_blas_thread
 def _quiet_fit(est: Any, X: np.ndarray, y: np.ndarray) -> Any:
     with warnings.catch_warnings():

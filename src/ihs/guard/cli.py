@@ -126,7 +126,7 @@ def _pool_stores(paths: list[Path]) -> Any:
 
 
 def _parse_layers(spec: str | None, num_layers: int) -> list[int] | None:
-    from ihs.analysis.probes import parse_layers
+    from ihs.layers import parse_layers
 
     return parse_layers(spec, num_layers)
 

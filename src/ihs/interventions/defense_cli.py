@@ -132,8 +132,8 @@ def _run(model: str, guard: Path | None, probe_store: Path | None, probe_layer: 
     from ihs.generation import GenerateOptions
     from ihs.interventions.defense import DefenseSetting, EvalOptions, check_same_model, choose_best, evaluate
     from ihs.interventions.graft_cli import _write_json, _write_jsonl
-    from ihs.interventions.grafting import parse_layers
     from ihs.interventions.steering import SteeringDirections
+    from ihs.layers import parse_layers
     from ihs.models.loading import load_model
     from ihs.progress import console
     from ihs.report.plot_defense import plot_tradeoff, table_markdown
@@ -285,8 +285,8 @@ def direction_cmd(
 ) -> None:
     """Difference-of-means directions (positive - negative, or refused - complied) on the store's training ids."""
     from ihs.interventions.graft_cli import read_jsonl
-    from ihs.interventions.grafting import parse_layers
     from ihs.interventions.steering import compute_directions
+    from ihs.layers import parse_layers
     from ihs.progress import console
     from ihs.store import ActivationStore
 

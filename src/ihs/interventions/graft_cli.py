@@ -219,7 +219,8 @@ def _graft(out, model, target, donor, layers, limit, donor_limit, per_pair, jail
            batch_size, judge, examples, chat, system_prompt, dtype, device, trust_remote_code,
            device_map=None, max_memory=None) -> None:
     from ihs.generation import GenerateOptions
-    from ihs.interventions.grafting import graft_sweep, parse_layers
+    from ihs.interventions.grafting import graft_sweep
+    from ihs.layers import parse_layers
     from ihs.progress import console
     from ihs.report.plot_graft import plot_graft
 
@@ -287,10 +288,10 @@ def jailbreak_cmd(
 
 
 def _jailbreak(store_path, generations, out, middle, early_layer, classifier, lexicon) -> None:
-    from ihs.analysis.consistency import parse_layer_range
     from ihs.analysis.emotion import EmotionMatcher, Lexicon
     from ihs.analysis.jailbreak import jailbreak_analysis
     from ihs.analysis.lens_cli import _text_of, load_tokenizer
+    from ihs.layers import parse_layer_range
     from ihs.progress import console
     from ihs.report.plot_graft import plot_jailbreak
     from ihs.store import ActivationStore

@@ -29,48 +29,9 @@ from ihs.extract import as_record_dict, forward_last_states, plan_batches
 from ihs.formatting import format_prompt, uses_chat
 from ihs.generation import GenerateOptions, Judge, generate, load_judge, rate
 from ihs.interventions.hooks import Edit, Intervention
+from ihs.layers import parse_layers
 from ihs.models.loading import LoadedModel
 from ihs.progress import progress_bar
-
-
-def parse_layers(spec: str | Sequence[int] | None, num_layers: int) -> list[int]:
-    """Layers from ``a:b`` / ``a-b`` or ``a:b:step`` (both ends included; ``L`` = last block), ``4,8,12``, or a list.
-
-    Indices follow the store convention, 0..L; ``None`` means every layer.
-    """
-    if spec is None:
-        return list(range(num_layers + 1))
-    if not isinstance(spec, str):
-        layers = [int(x) for x in spec]
-    else:
-        def value(token: str) -> int:
-            token = token.strip()
-            if token.upper() == "L":
-                return num_layers
-            try:
-                return int(token)
-            except ValueError:
-                raise IhsError(f"bad layer '{token}' in '{spec}': use integers, 'L', a:b[:step] or a,b,c") from None
-
-        layers = []
-        for part in spec.split(","):
-            if ":" in part or "-" in part.strip()[1:]:
-                bits = part.split(":") if ":" in part else part.split("-")
-                if len(bits) not in (2, 3):
-                    raise IhsError(f"bad layer range '{part}': use a:b or a:b:step")
-                start, stop = value(bits[0]), value(bits[1])
-                step = value(bits[2]) if len(bits) == 3 else 1
-                if step <= 0:
-                    raise IhsError(f"layer step must be positive in '{part}'")
-                layers.extend(range(start, stop + 1, step))
-            elif part.strip():
-                layers.append(value(part))
-    bad = [x for x in layers if not 0 <= x <= num_layers]
-    if bad:
-        raise IhsError(f"layers {bad} are outside 0..{num_layers} (0 = embedding output, i = output of block i)")
-    if not layers:
-        raise IhsError(f"no layers selected by '{spec}'")
-    return sorted(set(layers))
 
 
 @torch.inference_mode()
