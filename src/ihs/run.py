@@ -398,7 +398,7 @@ class ModelHandle:
             from ihs.models import loading
 
             # Resolving pulls a zoo model once if needed, and gives its identity without loading weights.
-            _, identity, display = loading._resolve_source(self.ref, pull=True)
+            _, identity, display = loading.resolve_source(self.ref, pull=True)
             self.name = display
             self.identity = identity
             self.fingerprint = str(identity.get("sha256") or identity.get("revision") or self.ref)
@@ -592,7 +592,7 @@ def _run_probe(ctx: StepContext, folder: Path) -> dict[str, Any]:
 def _tokenizer_for(ctx: StepContext, manifest: dict[str, Any]):
     if ctx.model.loaded is not None:
         return ctx.model.loaded.tokenizer
-    from ihs.analysis.lens_cli import load_tokenizer
+    from ihs.models.loading import load_tokenizer
 
     return load_tokenizer(manifest)
 

@@ -33,6 +33,7 @@ from ihs.analysis.consistency import PAD, top_k_consistency
 from ihs.analysis.emotion import EMOTIONS, EmotionMatcher, Lexicon, emotion_association, emotion_codes
 from ihs.errors import IhsError, StoreError
 from ihs.layers import parse_layer_range
+from ihs.models.loading import load_tokenizer, model_ref
 from ihs.store import ActivationStore
 
 log = logging.getLogger(__name__)
@@ -136,39 +137,6 @@ def _trajectory_series(result: dict[str, Any], top: str = "topk",
 
 # -- model, tokenizer, tuned lens ------------------------------------------------------------------------
 
-def model_ref(manifest: dict[str, Any]) -> str | None:
-    """What ``load_model`` needs to reload the store's model (zoo name, folder, GGUF or hub id)."""
-    model = manifest.get("model", {})
-    source = model.get("source")
-    if source == "zoo":
-        return model.get("zoo_name")
-    if source in ("folder", "gguf"):
-        return model.get("path")
-    if source == "hub":
-        return model.get("id")
-    return None
-
-
-def load_tokenizer(manifest: dict[str, Any], override: str | None = None):
-    """The store's tokenizer, loaded from local files only; None (with a warning) when unavailable."""
-    from transformers import AutoTokenizer
-
-    ref = override or model_ref(manifest)
-    if ref is None:
-        return None
-    try:
-        from ihs.models import zoo
-
-        if ref in zoo.ZOO:
-            if not zoo.is_pulled(ref):
-                return None
-            ref = str(zoo.model_dir(ref))
-        return AutoTokenizer.from_pretrained(ref, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        log.warning("could not load the tokenizer of %s (%s); fragment rules stay off", ref, exc)
-        return None
-
-
 def build_tuned_lens(lm, data: list[str], chat: bool | None = None, limit: int | None = 100, positions: int = 12,
                      continue_tokens: int = 24, epochs: int = 3, progress: bool = True):
     """Train a tuned lens for ``lm`` on the text sets ``data`` (NAME=SPEC); returns (lens, report).
@@ -201,7 +169,7 @@ def _tuned_for_store(store: ActivationStore, model: str | None, data: list[str],
     from ihs.models.loading import load_model
     from ihs.progress import console
 
-    ref = model or model_ref(store.manifest)
+    ref = model or model_ref(store.manifest.get("model", {}))
     if ref is None:
         raise IhsError(f"cannot tell which model made {store.path}; pass --model for the tuned lens")
     lm = load_model(ref, dtype="float32")

@@ -44,6 +44,7 @@ import ihs
 from ihs.analysis.probes import make_classifier
 from ihs.data.validate import dedupe_key
 from ihs.errors import DataError, IhsError, ModelError
+from ihs.models.loading import model_ref
 
 CARD = "guard.json"
 WEIGHTS = "guard.safetensors"
@@ -423,17 +424,6 @@ class ScoreResult:
     def to_list(self) -> list[dict[str, Any]]:
         return [{"probability": float(p), "malicious": bool(m)} for p, m in zip(self.probability, self.malicious,
                                                                                  strict=True)]
-
-
-def model_ref(identity: dict[str, Any], name: str) -> str:
-    """How to load a model again from its identity: zoo name, GGUF or folder path, or hub id."""
-    if identity.get("zoo_name"):
-        return str(identity["zoo_name"])
-    if identity.get("source") in ("gguf", "folder") and identity.get("path"):
-        return str(identity["path"])
-    if identity.get("source") == "hub":
-        return str(identity.get("id"))
-    return str(identity.get("id") or name)
 
 
 def model_info(model: Any, chat: bool | None = None, system_prompt: str | None = None,

@@ -290,8 +290,9 @@ def jailbreak_cmd(
 def _jailbreak(store_path, generations, out, middle, early_layer, classifier, lexicon) -> None:
     from ihs.analysis.emotion import EmotionMatcher, Lexicon
     from ihs.analysis.jailbreak import jailbreak_analysis
-    from ihs.analysis.lens_cli import _text_of, load_tokenizer
+    from ihs.analysis.lens_cli import _text_of
     from ihs.layers import parse_layer_range
+    from ihs.models.loading import load_tokenizer
     from ihs.progress import console
     from ihs.report.plot_graft import plot_jailbreak
     from ihs.store import ActivationStore

@@ -105,7 +105,11 @@ def _folder_identity(folder: Path) -> dict[str, Any]:
     return {"source": "folder", "path": str(folder), "revision": "folder-" + digest.hexdigest()[:16]}
 
 
-def _resolve_source(name_or_path: str, pull: bool) -> tuple[Path | str, dict[str, Any], str]:
+def resolve_source(name_or_path: str, pull: bool) -> tuple[Path | str, dict[str, Any], str]:
+    """Where a model reference points, without loading weights: (folder or hub id, identity, display name).
+
+    A zoo name is pulled first when ``pull``; a GGUF file is converted once into the cache.
+    """
     from ihs.models import zoo
 
     if name_or_path in zoo.ZOO:
@@ -168,7 +172,7 @@ def load_model(
         raise ModelError("--max-memory needs --device-map (e.g. --device-map auto)")
     if device_map is not None and device is not None:
         raise ModelError("give either --device or --device-map, not both")
-    source, identity, display = _resolve_source(name_or_path, pull)
+    source, identity, display = resolve_source(name_or_path, pull)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
     if device_map is not None:
         kwargs["device_map"] = device_map
@@ -242,3 +246,37 @@ def from_modules(model: Any, tokenizer: Any, name: str = "custom", **anatomy_ove
         device=execution_device(model.get_input_embeddings()),
         max_length=_context_length(model.config, tokenizer),
     )
+
+
+def model_ref(identity: dict[str, Any], default: str | None = None) -> str | None:
+    """How to load a model again from its identity (a store manifest's ``model``, a guard card's
+    ``identity``): zoo name, GGUF or folder path, or hub id; ``default`` when none applies."""
+    if identity.get("zoo_name"):
+        return str(identity["zoo_name"])
+    if identity.get("source") in ("gguf", "folder") and identity.get("path"):
+        return str(identity["path"])
+    if identity.get("id"):
+        return str(identity["id"])
+    return default
+
+
+def load_tokenizer(identity: dict[str, Any], override: str | None = None) -> Any:
+    """The tokenizer of a model named by its identity (or ``override``), from local files only, without
+    loading weights; None (with a warning) when it is not available here."""
+    from transformers import AutoTokenizer
+
+    from ihs.models import zoo
+
+    ref = override or model_ref(identity.get("model", identity))
+    if ref is None:
+        return None
+    try:
+        if ref in zoo.ZOO:
+            if not zoo.is_pulled(ref):
+                return None
+            ref = str(zoo.model_dir(ref))
+        return AutoTokenizer.from_pretrained(ref, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        log.warning("could not load the tokenizer of %s (%s); fragment rules stay off", ref, exc)
+        return None
+
