@@ -15,7 +15,7 @@ from ihs.analysis.emotion import EmotionMatcher
 from ihs.analysis.lens_cli import analyze_store, cross_model_table, table_markdown
 from ihs.errors import IhsError
 from ihs.layers import default_layer_range, parse_layer_range
-from ihs.report.plot_lens import HeatmapPanel, display_token, draw_consistency_heatmap
+from ihs.plots.lens import HeatmapPanel, display_token, draw_consistency_heatmap
 from ihs.store import ActivationStore
 
 

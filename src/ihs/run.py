@@ -567,7 +567,7 @@ def _run_probe(ctx: StepContext, folder: Path) -> dict[str, Any]:
     try:
         from ihs.analysis.probes import count_tasks, parse_classifiers, probe_stores
         from ihs.layers import parse_layers
-        from ihs.report.plot_probes import plot_all
+        from ihs.plots.probes import plot_all
     except ImportError as exc:
         raise Unavailable(f"probes: {exc}") from None
     from ihs.progress import progress_bar
@@ -640,7 +640,7 @@ def _run_lens(ctx: StepContext, folder: Path) -> dict[str, Any]:
 def _run_generate(ctx: StepContext, folder: Path) -> dict[str, Any]:
     try:
         from ihs.generation import generate, refusal_summary
-        from ihs.report.plot_graft import plot_refusal
+        from ihs.plots.graft import plot_refusal
     except ImportError as exc:
         raise Unavailable(f"generation: {exc}") from None
     cfg = ctx.config.generate
@@ -667,7 +667,7 @@ def _run_jailbreak(ctx: StepContext, folder: Path) -> dict[str, Any]:
         from ihs.analysis.emotion import EmotionMatcher, Lexicon
         from ihs.analysis.jailbreak import jailbreak_analysis
         from ihs.layers import parse_layer_range
-        from ihs.report.plot_graft import plot_jailbreak
+        from ihs.plots.graft import plot_jailbreak
     except ImportError as exc:
         raise Unavailable(f"jailbreak analysis: {exc}") from None
     missing = [c for c in ("normal", "malicious", "jailbreak") if c not in ctx.config.data]
@@ -693,7 +693,7 @@ def _run_graft(ctx: StepContext, folder: Path) -> dict[str, Any]:
     try:
         from ihs.interventions.grafting import graft_sweep
         from ihs.layers import parse_layers
-        from ihs.report.plot_graft import plot_graft
+        from ihs.plots.graft import plot_graft
     except ImportError as exc:
         raise Unavailable(f"grafting: {exc}") from None
     cfg = ctx.config.graft

@@ -105,7 +105,7 @@ def _text_of(store: ActivationStore, tokenizer: Any = None):
 
 
 def _heatmap_panels(result: dict[str, Any], layer_range: tuple[int, int], classes: list[str] | None = None):
-    from ihs.report.plot_lens import HeatmapPanel
+    from ihs.plots.lens import HeatmapPanel
 
     lo, hi = layer_range
     panels = []
@@ -414,7 +414,7 @@ def _split(text: str | None) -> list[str] | None:
 
 def _figures(entry: dict[str, Any], out: Path, layer_range: tuple[int, int],
              heat_range: tuple[int, int] | None = None, classes: list[str] | None = None) -> None:
-    from ihs.report.plot_lens import plot_consistency_heatmap, plot_emotion_trajectory, plot_kl_by_layer
+    from ihs.plots.lens import plot_consistency_heatmap, plot_emotion_trajectory, plot_kl_by_layer
 
     name = entry["store_name"]
     model = entry["model"].get("name") or entry["model"].get("id") or name

@@ -72,7 +72,7 @@ def _run(stores, out, classifiers, mode, classes, folds, seed, layers, names, co
     from ihs.analysis.probes import count_tasks, parse_classifiers, probe_stores
     from ihs.layers import parse_layers
     from ihs.progress import console, progress_bar
-    from ihs.report.plot_probes import plot_all
+    from ihs.plots.probes import plot_all
     from ihs.store import ActivationStore
 
     clf_list = parse_classifiers(classifiers)

@@ -21,7 +21,7 @@ little, so every number here comes with the controls a reviewer asks for:
 on the raw (unscaled) states and ``MLPClassifier`` (100 hidden units, Adam, lr 0.01, alpha 0.01,
 300 iterations, ``random_state=42``) on ``StandardScaler``-ed states; no de-duplication.
 
-Results are plain dicts of lists (JSON-ready); figures live in ``ihs.report.plot_probes``.
+Results are plain dicts of lists (JSON-ready); figures live in ``ihs.plots.probes``.
 Layer index 0 is the embedding output and index i the output of decoder block i.
 """
 

@@ -138,7 +138,7 @@ def _generate(out, model, data, limit, max_new_tokens, batch_size, judge, rejudg
         refusal_summary,
     )
     from ihs.progress import console
-    from ihs.report.plot_graft import plot_refusal
+    from ihs.plots.graft import plot_refusal
 
     out.mkdir(parents=True, exist_ok=True)
     if rejudge is not None:
@@ -222,7 +222,7 @@ def _graft(out, model, target, donor, layers, limit, donor_limit, per_pair, jail
     from ihs.interventions.grafting import graft_sweep
     from ihs.layers import parse_layers
     from ihs.progress import console
-    from ihs.report.plot_graft import plot_graft
+    from ihs.plots.graft import plot_graft
 
     if limit <= 0 or donor_limit <= 0:
         raise IhsError("--limit and --donor-limit must be positive")
@@ -294,7 +294,7 @@ def _jailbreak(store_path, generations, out, middle, early_layer, classifier, le
     from ihs.layers import parse_layer_range
     from ihs.models.loading import load_tokenizer
     from ihs.progress import console
-    from ihs.report.plot_graft import plot_jailbreak
+    from ihs.plots.graft import plot_jailbreak
     from ihs.store import ActivationStore
 
     store = ActivationStore.load(store_path)

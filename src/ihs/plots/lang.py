@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ihs.report.plot_probes import LAYER_LABEL, _esc, _save  # noqa: E402
+from ihs.plots.probes import LAYER_LABEL, _esc, _save  # noqa: E402
 
 _COLOURS = {"en": "black", "zh": "tab:red", "es": "tab:orange", "fr": "tab:blue", "sw": "tab:green",
             "bn": "tab:purple"}
