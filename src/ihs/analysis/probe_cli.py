@@ -71,8 +71,8 @@ def _run(stores, out, classifiers, mode, classes, folds, seed, layers, names, co
          formats, by=None) -> None:
     from ihs.analysis.probes import count_tasks, parse_classifiers, probe_stores
     from ihs.layers import parse_layers
-    from ihs.progress import console, progress_bar
     from ihs.plots.probes import plot_all
+    from ihs.progress import console, progress_bar
     from ihs.store import ActivationStore
 
     clf_list = parse_classifiers(classifiers)

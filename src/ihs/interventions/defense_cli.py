@@ -135,8 +135,8 @@ def _run(model: str, guard: Path | None, probe_store: Path | None, probe_layer: 
     from ihs.interventions.steering import SteeringDirections
     from ihs.layers import parse_layers
     from ihs.models.loading import load_model
-    from ihs.progress import console
     from ihs.plots.defense import plot_tradeoff, table_markdown
+    from ihs.progress import console
 
     if always not in ("all", "best", "none"):
         raise IhsError(f"--always must be all, best or none, got {always!r}")

@@ -137,8 +137,8 @@ def _generate(out, model, data, limit, max_new_tokens, batch_size, judge, rejudg
         load_judge,
         refusal_summary,
     )
-    from ihs.progress import console
     from ihs.plots.graft import plot_refusal
+    from ihs.progress import console
 
     out.mkdir(parents=True, exist_ok=True)
     if rejudge is not None:
@@ -221,8 +221,8 @@ def _graft(out, model, target, donor, layers, limit, donor_limit, per_pair, jail
     from ihs.generation import GenerateOptions
     from ihs.interventions.grafting import graft_sweep
     from ihs.layers import parse_layers
-    from ihs.progress import console
     from ihs.plots.graft import plot_graft
+    from ihs.progress import console
 
     if limit <= 0 or donor_limit <= 0:
         raise IhsError("--limit and --donor-limit must be positive")
@@ -293,8 +293,8 @@ def _jailbreak(store_path, generations, out, middle, early_layer, classifier, le
     from ihs.analysis.lens_cli import _text_of
     from ihs.layers import parse_layer_range
     from ihs.models.loading import load_tokenizer
-    from ihs.progress import console
     from ihs.plots.graft import plot_jailbreak
+    from ihs.progress import console
     from ihs.store import ActivationStore
 
     store = ActivationStore.load(store_path)
