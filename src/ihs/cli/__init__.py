@@ -1,0 +1,67 @@
+"""The ``ihs`` command line: one module per command in this package, each a thin layer over a workflow.
+
+Shared options, error handling (one line, exit status 2) and small parsers live in
+:mod:`ihs.cli.common`; a command module declares its options and calls its workflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from ihs.cli import common
+
+app = common.Typer(
+    name="ihs",
+    help="Explain LLM safety through intermediate hidden states: probes, logit lens, emotion tokens, grafting.",
+)
+
+
+def _register() -> None:
+    from ihs.cli import bench, extract, probe
+
+    app.command("extract")(extract.extract_cmd)
+    app.command("bench")(bench.bench_cmd)
+    app.command("probe")(probe.probe_cmd)
+
+    from ihs.data.cli import app as data_app
+    from ihs.models.cli import app as models_app
+
+    app.add_typer(data_app, name="data", help="Built-in prompt sets and dataset specs.")
+    app.add_typer(models_app, name="models", help="The built-in model zoo: list and pull.")
+    from ihs.analysis.lens_cli import lens_cmd
+    app.command("lens")(lens_cmd)
+    from ihs.interventions.graft_cli import generate_cmd, graft_cmd, jailbreak_cmd
+    app.command("generate")(generate_cmd)
+    app.command("graft")(graft_cmd)
+    app.command("jailbreak")(jailbreak_cmd)
+    from ihs.run import run_cmd
+    app.command("run")(run_cmd)
+    from ihs.analysis.lang_cli import lang_cmd
+    app.command("lang")(lang_cmd)
+    from ihs.interventions.defense_cli import app as defend_app
+    app.add_typer(defend_app, name="defend", help="Probe-conditioned steering defense: direction, evaluate, sweep.")
+    from ihs.guard.cli import app as guard_app
+    app.add_typer(guard_app, name="guard", help="Probe-based harmful-request detector: fit, score, eval, serve.")
+
+
+_register()
+
+
+def expand_ray_flag(argv: list[str]) -> list[str]:
+    """``--ray`` with no address (last, or followed by another option) means ``--ray local``."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("local")
+    return out
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app(args=expand_ray_flag(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

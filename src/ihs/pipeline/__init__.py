@@ -1,0 +1,1 @@
+"""ihs run: the run config, cache keys, the run folder layout and the runner over the registered steps."""
