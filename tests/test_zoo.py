@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from ihs.cli.models import app
 from ihs.errors import ModelError
 from ihs.models import zoo
-from ihs.models.cli import app
 
 PARTS = [b"GGUF-part-one|", b"part-two|" * 50, b"part-three-end"]
 GOOD_SHA = hashlib.sha256(b"".join(PARTS)).hexdigest()

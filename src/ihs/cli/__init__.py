@@ -24,18 +24,17 @@ def _register() -> None:
     app.command("bench")(bench.bench_cmd)
     app.command("probe")(probe.probe_cmd)
 
-    from ihs.data.cli import app as data_app
-    from ihs.models.cli import app as models_app
+    from ihs.cli import data, models
 
-    app.add_typer(data_app, name="data", help="Built-in prompt sets and dataset specs.")
-    app.add_typer(models_app, name="models", help="The built-in model zoo: list and pull.")
+    app.add_typer(data.app, name="data", help="Built-in prompt sets and dataset specs.")
+    app.add_typer(models.app, name="models", help="The built-in model zoo: list and pull.")
     from ihs.analysis.lens_cli import lens_cmd
     app.command("lens")(lens_cmd)
     from ihs.interventions.graft_cli import generate_cmd, graft_cmd, jailbreak_cmd
     app.command("generate")(generate_cmd)
     app.command("graft")(graft_cmd)
     app.command("jailbreak")(jailbreak_cmd)
-    from ihs.run import run_cmd
+    from ihs.cli.run import run_cmd
     app.command("run")(run_cmd)
     from ihs.analysis.lang_cli import lang_cmd
     app.command("lang")(lang_cmd)

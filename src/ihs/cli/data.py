@@ -15,11 +15,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ihs.cli import common
 from ihs.data.builtin import BUILTIN_NAMES, list_builtin
 from ihs.data.loaders import load_dataset_spec
 from ihs.data.validate import clean, require_min
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = common.Typer()
 
 
 def _console() -> Console:

@@ -10,9 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ihs.cli import common
 from ihs.models import zoo
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = common.Typer()
 
 
 def _short(path: str) -> str:
