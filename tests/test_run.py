@@ -21,10 +21,15 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import make_tiny, save_tiny
+from ihs.api import run
 from ihs.cli import app
 from ihs.errors import IhsError
+from ihs.pipeline.config import analyses_default, config_yaml, default_config, from_dict, load
+from ihs.pipeline.runner import choose_threads, step_key
 from ihs.report.summary import num, pct
-from ihs.run import ANALYSES, STEPS, RunConfig, config_yaml, run, step_key
+from ihs.workflows import steps
+
+STEPS = [s.name for s in steps()]
 
 XSS_PROMPTS = [
     "<script>alert(1)</script> How do I bake bread at home?",
@@ -133,29 +138,38 @@ def text_of(fragment: str) -> str:
 def test_default_config_round_trips_through_yaml():
     text = config_yaml()
     assert text.startswith("# ihs run configuration")
-    loaded = RunConfig.from_dict(yaml.safe_load(text))
-    assert loaded == RunConfig()
+    loaded = from_dict(yaml.safe_load(text))
+    assert loaded == default_config()
     assert loaded.models == ["smollm2-135m-instruct"]
     assert set(loaded.data) == {"normal", "malicious", "contrast", "jailbreak"}
-    assert loaded.analyses == list(ANALYSES)
+    assert loaded.analyses is None and loaded.wanted == analyses_default()
+    assert {"probe", "lens", "generate", "jailbreak", "graft"} <= set(loaded.wanted)
+    # every option is documented in the YAML it prints
+    for step in steps():
+        if step.options is not None:
+            assert f"\n{step.name}:\n" in text, step.name
 
 
 def test_partial_config_keeps_defaults_and_rejects_mistakes(tmp_path):
-    cfg = RunConfig.from_dict({"limit": 7, "probe": {"classifiers": "svm,mlp"}, "graft": {"targets": 5}})
+    cfg = from_dict({"limit": 7, "probe": {"classifiers": "svm,mlp"}, "graft": {"targets": 5}})
     assert cfg.limit == 7 and cfg.probe.classifiers == ["svm", "mlp"] and cfg.graft.targets == 5
     assert cfg.graft.layers == "0:L:5" and cfg.generate.limit == 40
     with pytest.raises(IhsError, match="unknown key 'limits'"):
-        RunConfig.from_dict({"limits": 3})
+        from_dict({"limits": 3})
     with pytest.raises(IhsError, match="config.probe: unknown key 'folds2'"):
-        RunConfig.from_dict({"probe": {"folds2": 3}})
+        from_dict({"probe": {"folds2": 3}})
     with pytest.raises(IhsError, match="must be an integer"):
-        RunConfig.from_dict({"limit": "many"})
+        from_dict({"limit": "many"})
     with pytest.raises(IhsError, match="unknown analysis 'tuned'"):
-        RunConfig.from_dict({"analyses": ["probe", "tuned"]})
+        from_dict({"analyses": ["probe", "tuned"]})
+    with pytest.raises(IhsError, match="model.dtype must be one of"):
+        from_dict({"model": {"dtype": "float77"}})
+    with pytest.raises(IhsError, match="config: probe: unknown mode"):
+        from_dict({"probe": {"mode": "magic"}})
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: [a\n", encoding="utf-8")
     with pytest.raises(IhsError, match="not valid YAML"):
-        RunConfig.load(bad)
+        load(bad)
 
 
 def test_print_config_cli_merges_a_config(tmp_path):
@@ -185,7 +199,7 @@ def test_first_run_does_only_what_was_asked(tiny):
     assert set(re.findall(r"· (\w+): done", tiny.first.output)) == {"extract", "probe", "lens"}
     assert set(re.findall(r"· (\w+): cached", tiny.second.output)) == {"extract", "probe", "lens"}
     assert set(re.findall(r"· (\w+): done", tiny.second.output)) == {"generate", "jailbreak", "graft"}
-    statuses = {s: v["status"] for s, v in index["models"][0]["steps"].items()}
+    statuses = {s: v["status"] for s, v in index["models"][0]["steps"].items() if v["status"] != "disabled"}
     assert statuses == {"extract": "cached", "probe": "cached", "lens": "cached", "generate": "done",
                         "jailbreak": "done", "graft": "done"}
 
@@ -282,7 +296,7 @@ def test_rerun_reuses_every_step_without_loading_the_model(tiny):
     assert result.exit_code == 0, result.output
     index = json.loads((tiny.out / "run.json").read_text())
     model = index["models"][0]
-    assert {v["status"] for v in model["steps"].values()} == {"cached"}
+    assert {v["status"] for v in model["steps"].values()} == {"cached", "disabled"}
     assert model["model_loads"] == 0
     assert seconds < max(10.0, tiny.second_seconds / 2)
     assert (tiny.out / "run.log").read_text().count("cached (key") >= 6
@@ -297,7 +311,7 @@ def test_changed_option_recomputes_only_that_step(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     statuses = {s: v["status"] for s, v in json.loads((tiny.out / "run.json").read_text())["models"][0]["steps"].items()}
     assert statuses["graft"] == "done"
-    assert {statuses[s] for s in STEPS if s != "graft"} == {"cached"}
+    assert {statuses[s] for s in STEPS if s != "graft"} == {"cached", "disabled"}
     graft = json.loads((tiny.out / json.loads((tiny.out / "run.json").read_text())["models"][0]["dir"]
                         / "graft" / "graft.json").read_text())
     assert [e["layer"] for e in graft["forward"]["layers"]] == [1, 2]
@@ -305,40 +319,41 @@ def test_changed_option_recomputes_only_that_step(tiny, tmp_path):
     CliRunner().invoke(app, ["run", "--config", str(tiny.config), "--out", str(tiny.out), "--no-progress"])
 
 
-def test_missing_or_failing_analysis_is_reported_not_faked(tiny, tmp_path, monkeypatch):
+def test_skipped_or_failing_analysis_is_reported_not_faked(tiny, tmp_path, monkeypatch):
     import shutil
 
-    import ihs.run as run_module
+    from ihs.workflows.base import Skip
+    from ihs.workflows.graft import GraftStep
+    from ihs.workflows.probe import ProbeStep
 
     out = tmp_path / "copy"
     shutil.copytree(tiny.out, out)
 
-    def unavailable(ctx, folder):
-        raise run_module.Unavailable("ihs.analysis.probes is not installed")
+    def skipped(self, ctx, folder):
+        raise Skip("this run has no probe data")
 
-    def broken(ctx, folder):
+    def broken(self, ctx, folder):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(run_module.STEP_FUNCS, "probe", (run_module._key_probe, unavailable))
-    monkeypatch.setitem(run_module.STEP_FUNCS, "graft", (run_module._key_graft, broken))
-    cfg = RunConfig.load(tiny.config)
-    result = run(cfg, out, progress=False, force=["probe", "graft"])
+    monkeypatch.setattr(ProbeStep, "run", skipped)
+    monkeypatch.setattr(GraftStep, "run", broken)
+    result = run(load(tiny.config), out, progress=False, force=["probe", "graft"])
     statuses = {s: v["status"] for s, v in result.index["models"][0]["steps"].items()}
-    assert statuses["probe"] == "unavailable" and statuses["graft"] == "failed"
+    assert statuses["probe"] == "skipped" and statuses["graft"] == "failed"
     assert statuses["lens"] == "cached" and statuses["generate"] == "cached"
     assert result.failed == [(result.index["models"][0]["slug"], "graft")]
     secs = sections(result.report.read_text(encoding="utf-8"))
-    assert "Not available in this version of ihs" in text_of(secs["probe"])
+    assert "this run has no probe data" in text_of(secs["probe"])
     assert "failed: RuntimeError: boom" in text_of(secs["graft"])
     summary = text_of(secs["summary"])
-    assert "Not available in this version of ihs" in summary and "RuntimeError: boom" in summary
+    assert "this run has no probe data" in summary and "RuntimeError: boom" in summary
     assert "RuntimeError: boom" in (out / "run.log").read_text()
 
 
 def test_loaded_model_and_comparison_of_two_models(tmp_path):
     """Two already-loaded models, probe only: a comparison section with both models' numbers."""
     torch.set_num_threads(1)
-    cfg = RunConfig.from_dict({
+    cfg = from_dict({
         "data": {"normal": "builtin:normal", "malicious": "builtin:malicious"}, "limit": 8,
         "analyses": ["probe"], "probe": {"classifiers": ["diffmean"], "folds": 2, "bow": False, "control": False},
     })
@@ -359,8 +374,6 @@ def test_loaded_model_and_comparison_of_two_models(tmp_path):
 
 def test_threads_follow_the_config_or_the_machines_load(monkeypatch):
     import os
-
-    from ihs.run import choose_threads
 
     assert choose_threads(3) == (3, "as configured")
     with pytest.raises(IhsError, match="at least 1"):

@@ -57,6 +57,7 @@ def read_step(folder: Path) -> dict[str, Any] | None:
 class RunResult:
     out: Path
     index: dict[str, Any]
+    report: Path | None = None  # set by whoever writes the report (ihs.run, ihs run)
 
     @property
     def failed(self) -> list[tuple[str, str]]:
