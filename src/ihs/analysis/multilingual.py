@@ -33,11 +33,11 @@ import numpy as np
 
 from ihs.analysis.probes import (
     LayerwiseProbe,
-    _fit_score,
-    _resolve_layers,
     dedupe_rows,
     first_layer,
+    fit_score,
     parse_classifiers,
+    resolve_layers,
     wilson_interval,
 )
 from ihs.errors import DataError, StoreError
@@ -134,7 +134,7 @@ def per_group_cv(hidden: np.ndarray, labels: Sequence[str], groups: Sequence[Any
     labels = np.asarray([str(v) for v in labels], dtype=object)
     groups = np.asarray(groups, dtype=object)
     num_layers = hidden.shape[1] - 1
-    layer_list = _resolve_layers(layers, num_layers)
+    layer_list = resolve_layers(layers, num_layers)
     out: dict[str, Any] = {}
     for g in ordered_groups(groups):
         idx, y = _rows_for(texts, labels, groups, classes, g)
@@ -166,7 +166,7 @@ def _transfer_one(hidden: np.ndarray, tr: np.ndarray, tr_y: np.ndarray, te: np.n
     y_fit = np.random.default_rng(seed).permutation(tr_y) if shuffled else tr_y
     acc, lo, hi = [], [], []
     for layer in layers:
-        pred, _ = _fit_score(classifier, "cv", seed, hidden[tr, layer], y_fit, hidden[te, layer])
+        pred, _ = fit_score(classifier, "cv", seed, hidden[tr, layer], y_fit, hidden[te, layer])
         correct = int((pred == te_y).sum())
         a, b = wilson_interval(correct, len(te_y))
         acc.append(correct / len(te_y))
@@ -184,7 +184,7 @@ def transfer(hidden: np.ndarray, labels: Sequence[str], groups: Sequence[Any], t
     labels = np.asarray([str(v) for v in labels], dtype=object)
     groups = np.asarray(groups, dtype=object)
     num_layers = hidden.shape[1] - 1
-    layer_list = _resolve_layers(layers, num_layers)
+    layer_list = resolve_layers(layers, num_layers)
     names = ordered_groups(groups, source)
     if source not in names:
         raise StoreError(f"no prompt of the source group {source!r}; groups present: {', '.join(names) or 'none'}")
