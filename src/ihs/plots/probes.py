@@ -17,14 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-LAYER_LABEL = "layer (0 = embedding output, i = output of block i)"
-DEPTH_LABEL = "depth = layer / L (0 = embedding output, 1 = last block)"
+from ihs.plots.style import DEPTH_LABEL, LAYER_LABEL, esc, save_figure  # noqa: E402,F401
+
 FORMATS = ("png", "svg")
-
-
-def _esc(text: Any) -> str:
-    """User text for matplotlib: '$' would start math mode (and can raise on bad input)."""
-    return str(text).replace("$", r"\$")
 
 
 def _normalise(stores: list[dict[str, Any]]) -> bool:
@@ -40,20 +35,6 @@ def _layer_axis(ax: Any, normalised: bool) -> None:
 
 def _x(entry: dict[str, Any], normalised: bool) -> list[float]:
     return entry["depth"] if normalised else entry["layers"]
-
-
-def _save(fig: Any, out: Path, stem: str, caption: str | None, formats: Sequence[str]) -> list[Path]:
-    if caption:
-        # below the axes, outside the figure box: bbox_inches="tight" grows the canvas to fit it
-        fig.text(0.01, -0.035, _esc(caption), fontsize=7, color="0.35", ha="left", va="top", family="monospace")
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in formats:
-        path = out / f"{stem}.{fmt}"
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
 
 
 def _panels(n: int, width: float = 5.0, height: float = 3.8):
@@ -86,7 +67,7 @@ def plot_accuracy(result: dict[str, Any], out: str | Path, stem: str = "probe_ac
             if res is None:
                 continue
             x = _x(entry, normalised)
-            ax.plot(x, res["accuracy"], color=c, lw=1.8, marker="o", ms=2.5, label=_esc(entry["name"]))
+            ax.plot(x, res["accuracy"], color=c, lw=1.8, marker="o", ms=2.5, label=esc(entry["name"]))
             ax.fill_between(x, res["ci_low"], res["ci_high"], color=c, alpha=0.18, lw=0)
             if res.get("control_accuracy") is not None:
                 ax.plot(x, res["control_accuracy"], color=c, lw=1, ls="--", alpha=0.8,
@@ -104,7 +85,7 @@ def plot_accuracy(result: dict[str, Any], out: str | Path, stem: str = "probe_ac
     mode = "stratified k-fold on de-duplicated prompts" if result.get("mode") == "cv" else "paper protocol (70/30 split)"
     fig.suptitle(f"Weak-to-strong probes: accuracy by layer ({mode}); band = {result.get('ci', '95% CI')}", fontsize=10)
     fig.tight_layout()
-    return _save(fig, Path(out), stem, caption, formats)
+    return save_figure(fig, Path(out), stem, caption, formats)
 
 
 def plot_transfer(result: dict[str, Any], out: str | Path, stem: str = "probe_transfer", caption: str | None = None,
@@ -133,18 +114,18 @@ def plot_transfer(result: dict[str, Any], out: str | Path, stem: str = "probe_tr
                 x = _x(entry, normalised)
                 if res.get("jailbreak_called_malicious") is not None:
                     ax.plot(x, res["jailbreak_called_malicious"], color=c, lw=1.8,
-                            label=f"{_esc(entry['name'])}: jailbreak called malicious")
+                            label=f"{esc(entry['name'])}: jailbreak called malicious")
                 if res.get("contrast_fpr") is not None:
                     ax.plot(x, res["contrast_fpr"], color=c, lw=1.2, ls="--",
-                            label=f"{_esc(entry['name'])}: contrast called malicious (FPR)")
+                            label=f"{esc(entry['name'])}: contrast called malicious (FPR)")
                 for lab, s in entry.get("sets", {}).items():
                     if lab in ("jailbreak", "contrast"):
                         continue
                     share = s["classifiers"].get(clf, {}).get("share", {})
                     pos = entry.get("positive")
                     if pos in share:
-                        ax.plot(x, share[pos], color=c, lw=1, ls="-.", label=f"{_esc(entry['name'])}: {_esc(lab)} "
-                                f"called {_esc(pos)}")
+                        ax.plot(x, share[pos], color=c, lw=1, ls="-.", label=f"{esc(entry['name'])}: {esc(lab)} "
+                                f"called {esc(pos)}")
             ax.set_ylim(-0.02, 1.02)
             _layer_axis(ax, normalised)
             ax.set_ylabel("share called malicious")
@@ -160,7 +141,7 @@ def plot_transfer(result: dict[str, Any], out: str | Path, stem: str = "probe_tr
                     continue
                 c = colours[i % len(colours)]
                 x = t["depth"] if normalised else t["layers"]
-                ax.plot(x, res["accuracy"], color=c, lw=1.6, label=f"{_esc(t['train'])} -> {_esc(t['test'])}")
+                ax.plot(x, res["accuracy"], color=c, lw=1.6, label=f"{esc(t['train'])} -> {esc(t['test'])}")
                 ax.fill_between(x, res["ci_low"], res["ci_high"], color=c, alpha=0.15, lw=0)
             ax.axhline(result.get("target", 0.95), color="0.5", lw=0.8, ls="-.")
             ax.set_ylim(0.3, 1.02)
@@ -170,7 +151,7 @@ def plot_transfer(result: dict[str, Any], out: str | Path, stem: str = "probe_tr
             ax.grid(alpha=0.3)
         axes[r][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    return _save(fig, Path(out), stem, caption, formats)
+    return save_figure(fig, Path(out), stem, caption, formats)
 
 
 def plot_confusion(result: dict[str, Any], out: str | Path, stem: str = "probe_confusion", caption: str | None = None,
@@ -193,7 +174,7 @@ def plot_confusion(result: dict[str, Any], out: str | Path, stem: str = "probe_c
     fig, axes = plt.subplots(len(multi), cols, figsize=(3.2 * cols, 3.0 * len(multi) + 0.5), squeeze=False)
     for row, (entry, picks) in enumerate(zip(multi, picks_all, strict=True)):
         res = entry["classifiers"][clf]
-        names = [_esc(c) for c in entry["classes"]]
+        names = [esc(c) for c in entry["classes"]]
         for col in range(cols):
             ax = axes[row][col]
             if col >= len(picks):
@@ -209,13 +190,13 @@ def plot_confusion(result: dict[str, Any], out: str | Path, stem: str = "probe_c
                             color="white" if norm[i][j] > 0.5 else "black")
             ax.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
             ax.set_yticks(range(len(names)), names, fontsize=7)
-            ax.set_title(f"{_esc(entry['name'])}, layer {layer}", fontsize=8)
+            ax.set_title(f"{esc(entry['name'])}, layer {layer}", fontsize=8)
             if col == 0:
                 ax.set_ylabel("true")
             ax.set_xlabel("predicted", fontsize=7)
     fig.suptitle(f"{clf}: confusion matrices (pooled out-of-fold predictions)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, Path(out), stem, caption, formats)
+    return save_figure(fig, Path(out), stem, caption, formats)
 
 
 def plot_all(result: dict[str, Any], out: str | Path, caption: str | None = None,
