@@ -5,6 +5,15 @@ They are read with ``importlib.resources`` so they work from a wheel, a zip or a
 template per goal, families dealt round-robin; see ``jailbreak.build_jailbreak``), so it always
 matches the shipped goals and templates. Each set's version lives in ``VERSION.json``; bump it
 whenever a set's content changes, so results can say which prompts they used.
+
+Four sets exist to take shortcuts away from a harmful-request detector (see ``CARDS.md``):
+``wrapped`` (benign requests in jailbreak-style wrappers), ``reformulated`` (malicious goals in the
+past or future tense, third person, fiction or academic framing, euphemisms), ``alarming`` (safe
+prompts with alarming words) and ``buried`` (long prompts whose malicious or benign ask sits at the
+start or middle). Each of their rows has a ``goal_id`` (an id of ``normal``, ``contrast`` or
+``malicious`` for the first, second and fourth; its own id for ``alarming``), so that splits can
+keep a goal and its variants on one side (``ihs.analysis.groups``). ``buried`` mixes classes: each
+row carries its own ``label``, which becomes the record's label and its ``class`` tag.
 """
 
 from __future__ import annotations
@@ -16,6 +25,9 @@ from importlib import resources
 from ihs.data.jailbreak import build_jailbreak, check_templates
 from ihs.data.records import PromptRecord
 from ihs.errors import DataError
+
+#: The label of a set whose rows carry their own class (``label`` field, or multilingual's ``src_id``).
+ROW_LABEL = "(its class)"
 
 #: name -> (file, label, description). ``jailbreak`` has no file of its own.
 _SETS: dict[str, tuple[str | None, str, str]] = {
@@ -34,11 +46,50 @@ _SETS: dict[str, tuple[str | None, str, str]] = {
     ),
     "multilingual": (
         "multilingual.jsonl",
-        "(its class)",
+        ROW_LABEL,
         "100 normal, 100 malicious and 50 contrast prompts in English, Chinese, Spanish, French, Swahili and "
         "Bengali, each linked to its English original (builtin:multilingual[:CLASS[:LANG,LANG]]).",
     ),
+    "wrapped": (
+        "wrapped.jsonl",
+        "benign",
+        "Benign requests (goals from normal and contrast) inside jailbreak-style wrappers: role-play, ignore "
+        "previous instructions, developer mode, hypotheticals, encodings, system preambles ... (family = wrapper).",
+    ),
+    "reformulated": (
+        "reformulated.jsonl",
+        "malicious",
+        "Malicious goals reformulated: past and future tense, third person, fiction and academic framing, "
+        "euphemisms without trigger words; two per goal (tag reformulation).",
+    ),
+    "alarming": (
+        "alarming.jsonl",
+        "contrast",
+        "Safe prompts with alarming words: homonyms, figures of speech, safe targets, history, definitions, "
+        "safety information, media analysis, nature and science (tag kind).",
+    ),
+    "buried": (
+        "buried.jsonl",
+        ROW_LABEL,
+        "Long prompts of benign context with a malicious or a benign ask at the start or the middle, "
+        "120 of each class on the same 60 contexts (tags class, position).",
+    ),
 }
+
+#: set -> the tag that names its kind or family (``ihs data list`` counts it; a natural group key).
+KIND_TAGS: dict[str, str] = {
+    "contrast": "category",
+    "jailbreak": "family",
+    "jailbreak-templates": "family",
+    "wrapped": "wrapper",
+    "reformulated": "reformulation",
+    "alarming": "kind",
+    "buried": "position",
+}
+
+#: set -> {extra tag: row field copied into it}. ``wrapped`` also tags ``family`` so that grouping by
+#: family puts a wrapper family's benign rows with the jailbreak rows of the same family.
+_ALIAS_TAGS: dict[str, dict[str, str]] = {"wrapped": {"family": "wrapper"}}
 
 BUILTIN_NAMES: tuple[str, ...] = tuple(_SETS)
 
@@ -102,13 +153,25 @@ def load_builtin(name: str, label: str | None = None) -> list[PromptRecord]:
     assert filename is not None
     rows = load_templates() if name == "jailbreak-templates" else _read_rows(filename)
     text_key = "template" if name == "jailbreak-templates" else "prompt"
+    per_row = own_label == ROW_LABEL
+    aliases = _ALIAS_TAGS.get(name, {})
     records = []
     for n, row in enumerate(rows, start=1):
         text = row.get(text_key)
         if not isinstance(text, str):
             raise DataError(f"built-in file {filename}: row {n} has no string {text_key!r}")
-        tags = {("source_id" if k == "id" else k): v for k, v in row.items() if k != text_key}
-        records.append(PromptRecord.make(text, lab, dataset, tags))
+        tags = {("source_id" if k == "id" else k): v for k, v in row.items() if k not in (text_key, "label")}
+        for tag, source in aliases.items():
+            if source in row:
+                tags[tag] = row[source]
+        row_label = lab
+        if per_row:
+            cls = row.get("label")
+            if not isinstance(cls, str) or not cls.strip():
+                raise DataError(f"built-in file {filename}: row {n} has no string 'label'")
+            tags["class"] = cls
+            row_label = label or cls
+        records.append(PromptRecord.make(text, row_label, dataset, tags))
     return records
 
 
@@ -121,7 +184,11 @@ def _load_multilingual(name: str, label: str | None) -> list[PromptRecord]:
 
 
 def list_builtin() -> list[dict]:
-    """One dict per built-in set: name, size, version, description, categories, families, available.
+    """One dict per built-in set: name, size, version, description, categories, families, kinds, labels,
+    available.
+
+    ``kinds`` counts the set's kind or family tag (``KIND_TAGS``; empty for sets without one) and
+    ``labels`` the records' labels (more than one for sets that mix classes).
 
     A set whose file is missing is listed with ``available=False`` and size 0 rather than failing,
     so ``ihs data list`` still works on a broken install and says what is missing.
@@ -137,6 +204,8 @@ def list_builtin() -> list[dict]:
             "description": description,
             "categories": {},
             "families": {},
+            "kinds": {},
+            "labels": {},
             "available": True,
         }
         try:
@@ -149,6 +218,10 @@ def list_builtin() -> list[dict]:
         entry["size"] = len(records)
         entry["categories"] = dict(sorted(Counter(str(r.tags["category"]) for r in records if "category" in r.tags).items()))
         entry["families"] = dict(sorted(Counter(str(r.tags["family"]) for r in records if "family" in r.tags).items()))
+        kind_tag = KIND_TAGS.get(name)
+        if kind_tag:
+            entry["kinds"] = dict(sorted(Counter(str(r.tags[kind_tag]) for r in records if kind_tag in r.tags).items()))
+        entry["labels"] = dict(sorted(Counter(r.label for r in records).items()))
         if name == "multilingual":
             entry["categories"] = dict(Counter(f"{r.tags['class']}/{r.tags['lang']}" for r in records))
         out.append(entry)
