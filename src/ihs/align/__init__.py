@@ -1,0 +1,1 @@
+"""Align models ourselves (SFT, DPO, an optional association loss) and keep checkpoints ihs can analyse."""
