@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import make_tiny
 from ihs.analysis.consistency import PAD, layer_consistency, top_k_consistency
 from ihs.analysis.emotion import EmotionMatcher
-from ihs.analysis.lens_cli import analyze_store, cross_model_table, table_markdown
+from ihs.analysis.lens import analyze_store, cross_model_table, table_markdown
 from ihs.errors import IhsError
 from ihs.layers import default_layer_range, parse_layer_range
 from ihs.plots.lens import HeatmapPanel, display_token, draw_consistency_heatmap

@@ -241,7 +241,6 @@ def test_refusal_by_language() -> None:
 
 
 def test_extract_keeps_lang_and_ihs_lang_runs(tmp_path: Path, tiny_llama) -> None:
-    from ihs.analysis.lang_cli import lang_cmd  # noqa: F401 - registered as `ihs lang`
     from ihs.cli import app
     from ihs.extract import ExtractOptions, extract
 

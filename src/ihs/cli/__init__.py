@@ -28,16 +28,16 @@ def _register() -> None:
 
     app.add_typer(data.app, name="data", help="Built-in prompt sets and dataset specs.")
     app.add_typer(models.app, name="models", help="The built-in model zoo: list and pull.")
-    from ihs.analysis.lens_cli import lens_cmd
-    app.command("lens")(lens_cmd)
+    from ihs.cli import lens
+    app.command("lens")(lens.lens_cmd)
     from ihs.interventions.graft_cli import generate_cmd, graft_cmd, jailbreak_cmd
     app.command("generate")(generate_cmd)
     app.command("graft")(graft_cmd)
     app.command("jailbreak")(jailbreak_cmd)
     from ihs.cli.run import run_cmd
     app.command("run")(run_cmd)
-    from ihs.analysis.lang_cli import lang_cmd
-    app.command("lang")(lang_cmd)
+    from ihs.cli import lang
+    app.command("lang")(lang.lang_cmd)
     from ihs.interventions.defense_cli import app as defend_app
     app.add_typer(defend_app, name="defend", help="Probe-conditioned steering defense: direction, evaluate, sweep.")
     from ihs.guard.cli import app as guard_app

@@ -16,7 +16,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ihs.plots.probes import LAYER_LABEL, _esc, _save  # noqa: E402
+from ihs.plots.probes import LAYER_LABEL  # noqa: E402
+
+
+def esc(text: Any) -> str:
+    """User text for matplotlib: '$' would start math mode (and can raise on bad input)."""
+    return str(text).replace("$", r"\$")
+
+
+def save_figure(fig: Any, out: Path, stem: str, caption: str | None, formats: Sequence[str]) -> list[Path]:
+    """Save ``fig`` as ``out/stem.<fmt>`` for each format, with the command line under it."""
+    if caption:
+        fig.text(0.01, -0.035, esc(caption), fontsize=7, color="0.35", ha="left", va="top", family="monospace")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
 
 _COLOURS = {"en": "black", "zh": "tab:red", "es": "tab:orange", "fr": "tab:blue", "sw": "tab:green",
             "bn": "tab:purple"}
@@ -32,7 +52,7 @@ def _axes(nrows: int, ncols: int, width: float = 4.6, height: float = 3.3):
 
 
 def _style(ax: Any, title: str, ylabel: str, ylim: tuple[float, float] | None = (0.4, 1.02)) -> None:
-    ax.set_title(_esc(title), fontsize=9)
+    ax.set_title(esc(title), fontsize=9)
     ax.set_xlabel(LAYER_LABEL, fontsize=7)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -51,7 +71,7 @@ def plot_cv(results: list[dict[str, Any]], out: Path, clf: str, caption: str | N
         for i, (g, e) in enumerate(cv["groups"].items()):
             if "accuracy" not in e:
                 continue
-            ax.plot(cv["layers"], e["accuracy"], color=_colour(g, i), lw=1.4, label=_esc(g))
+            ax.plot(cv["layers"], e["accuracy"], color=_colour(g, i), lw=1.4, label=esc(g))
             ax.fill_between(cv["layers"], e["ci_low"], e["ci_high"], color=_colour(g, i), alpha=0.12, lw=0)
             if e.get("control_accuracy"):
                 ax.plot(cv["layers"], e["control_accuracy"], color=_colour(g, i), lw=0.6, ls=":")
@@ -60,7 +80,7 @@ def plot_cv(results: list[dict[str, Any]], out: Path, clf: str, caption: str | N
         ax.legend(fontsize=7, ncol=3, loc="lower right")
     fig.suptitle("Normal vs malicious, per language (dotted: shuffled-label control; dashed: 0.95)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, out, "lang_cv", caption, formats)
+    return save_figure(fig, out, "lang_cv", caption, formats)
 
 
 def plot_transfer(results: list[dict[str, Any]], out: Path, clf: str, caption: str | None,
@@ -72,7 +92,7 @@ def plot_transfer(results: list[dict[str, Any]], out: Path, clf: str, caption: s
         for row, direction in enumerate(("forward", "reverse")):
             ax = axes[row][col]
             for i, (g, e) in enumerate(tr[direction].items()):
-                ax.plot(tr["layers"], e["accuracy"], color=_colour(g, i + 1), lw=1.4, label=_esc(g))
+                ax.plot(tr["layers"], e["accuracy"], color=_colour(g, i + 1), lw=1.4, label=esc(g))
                 ax.fill_between(tr["layers"], e["ci_low"], e["ci_high"], color=_colour(g, i + 1), alpha=0.12, lw=0)
                 if e.get("control_accuracy"):
                     ax.plot(tr["layers"], e["control_accuracy"], color=_colour(g, i + 1), lw=0.6, ls=":")
@@ -83,7 +103,7 @@ def plot_transfer(results: list[dict[str, Any]], out: Path, clf: str, caption: s
             ax.legend(fontsize=7, ncol=3, loc="lower right")
     fig.suptitle(f"Cross-lingual transfer of the {clf} probe (dotted: trained on shuffled labels)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, out, "lang_transfer", caption, formats)
+    return save_figure(fig, out, "lang_transfer", caption, formats)
 
 
 def plot_lens(results: list[dict[str, Any]], out: Path, caption: str | None, formats: Sequence[str]) -> list[Path]:
@@ -101,11 +121,11 @@ def plot_lens(results: list[dict[str, Any]], out: Path, caption: str | None, for
             if not (m and n):
                 continue
             diff = [a - b for a, b in zip(m["negative_topk"], n["negative_topk"], strict=True)]
-            axes[0][col].plot(lens["layers"], diff, color=_colour(g, i), lw=1.3, label=_esc(g))
+            axes[0][col].plot(lens["layers"], diff, color=_colour(g, i), lw=1.3, label=esc(g))
             want = e.get("expected_script")
             if want:
                 own = m["script_share"].get(want, [0.0] * len(lens["layers"]))
-                axes[1][col].plot(lens["layers"], own, color=_colour(g, i), lw=1.3, label=_esc(f"{g} ({want})"))
+                axes[1][col].plot(lens["layers"], own, color=_colour(g, i), lw=1.3, label=esc(f"{g} ({want})"))
         for ax in axes[:, col]:
             ax.axvspan(min(mid), max(mid), color="0.9", zorder=0)
         axes[0][col].axhline(0, color="0.5", lw=0.6)
@@ -118,7 +138,7 @@ def plot_lens(results: list[dict[str, Any]], out: Path, caption: str | None, for
     fig.suptitle("Logit lens by language (grey band: middle third; ihs emotion lexicon: English words and a few "
                  "Chinese ones)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, out, "lang_lens", caption, formats)
+    return save_figure(fig, out, "lang_lens", caption, formats)
 
 
 def plot_refusal(refusal: dict[str, dict[str, Any]], out: Path, caption: str | None,
@@ -142,14 +162,14 @@ def plot_refusal(refusal: dict[str, dict[str, Any]], out: Path, caption: str | N
             los.append(e["refusal_rate"] - e["refusal_ci95"][0])
             his.append(e["refusal_ci95"][1] - e["refusal_rate"])
             eng.append(e["refused_english_phrases"] / e["n"])
-        ax.bar(xs, ys, width * 0.95, yerr=[los, his], capsize=2, color=f"C{j}", alpha=0.8, label=_esc(model))
+        ax.bar(xs, ys, width * 0.95, yerr=[los, his], capsize=2, color=f"C{j}", alpha=0.8, label=esc(model))
         ax.bar(xs, eng, width * 0.95, fill=False, hatch="///", edgecolor="0.2", lw=0)
     ax.set_xticks(range(len(langs)))
-    ax.set_xticklabels([_esc(g) for g in langs])
+    ax.set_xticklabels([esc(g) for g in langs])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("refusal rate, malicious prompts", fontsize=8)
     ax.set_title("Refusal per language (phrase judge, all languages; hatched: English phrases only)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, out, "lang_refusal", caption, formats)
+    return save_figure(fig, out, "lang_refusal", caption, formats)

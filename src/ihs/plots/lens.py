@@ -14,6 +14,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -246,3 +247,76 @@ def plot_kl_by_layer(kl: dict[str, Sequence[float]], layers: Sequence[int], path
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+# -- the figures of one lens.json entry ----------------------------------------------------------------------
+
+_EMOTIONS = ("negative", "positive", "neutral")
+
+
+def heatmap_panels(result: dict[str, Any], layer_range: tuple[int, int],
+                   classes: Sequence[str] | None = None) -> list[HeatmapPanel]:
+    """One :class:`HeatmapPanel` per class (``classes``: which, in order; None: all) of one lens's result."""
+    lo, hi = layer_range
+    panels = []
+    for label in classes or list(result["consistency"]):
+        entry = result["consistency"].get(label)
+        if entry is None:
+            continue
+        cols = [i for i, layer in enumerate(entry["layers"]) if lo <= layer <= hi]
+        if not cols or not entry["n"]:
+            continue
+        k = len(entry["tokens"][0])
+        panels.append(HeatmapPanel(
+            label=label,
+            layers=[entry["layers"][c] for c in cols],
+            texts=[[entry["text"][c][r] for c in cols] for r in range(k)],
+            shares=np.array([[entry["shares"][c][r] for c in cols] for r in range(k)], dtype=float),
+            emotions=[[entry["emotion"][c][r] for c in cols] for r in range(k)],
+            n=entry["n"],
+        ))
+    return panels
+
+
+def trajectory_series(result: dict[str, Any], top: str = "topk",
+                      classes: Sequence[str] | None = None) -> dict[str, dict[str, list[float]]]:
+    """Emotion shares per class and layer of one lens's result, for :func:`plot_emotion_trajectory`."""
+    table = result["association"]["classes"]
+    return {label: {e: table[label][top][e]["share"] for e in _EMOTIONS}
+            for label in (classes or list(table)) if label in table and table[label]["n"]}
+
+
+def lens_figures(entry: dict[str, Any], out: str | Path, classes: Sequence[str] | None = None) -> list[Path]:
+    """The figures of one model entry of ``lens.json`` into ``out``: ``lens_<store>_heatmap.png`` and
+    ``lens_<store>_trajectory.png``, and with a tuned lens ``lens_<store>_tuned_{heatmap,trajectory,kl}.png``."""
+    out = Path(out)
+    name = entry["store_name"]
+    model = entry["model"].get("name") or entry["model"].get("id") or name
+    logit = entry["lenses"]["logit"]
+    layer_range = tuple(logit["layer_range"])
+    lo, hi = heat_range = tuple(entry.get("heatmap_layers") or layer_range)
+    k = entry["k"]
+    written = []
+    panels = heatmap_panels(logit, heat_range, classes)
+    if panels:
+        written.append(plot_consistency_heatmap(panels, out / f"lens_{name}_heatmap.png",
+                                                f"{model}: logit-lens top-{k} consistency, layers {lo}-{hi}"))
+    tuned = entry["lenses"].get("tuned")
+    layers = logit["association"]["layers"]
+    written.append(plot_emotion_trajectory(
+        trajectory_series(logit, classes=classes), layers, out / f"lens_{name}_trajectory.png",
+        f"{model}: emotion tokens in the logit-lens top-{k} per layer", layer_range=layer_range, top=f"top-{k}"))
+    if tuned:
+        written.append(plot_emotion_trajectory(
+            trajectory_series(logit, classes=classes), layers, out / f"lens_{name}_tuned_trajectory.png",
+            f"{model}: emotion tokens in the top-{k} per layer, logit vs tuned lens", layer_range=layer_range,
+            dashed=trajectory_series(tuned, classes=classes), top=f"top-{k}"))
+        panels = heatmap_panels(tuned, heat_range, classes)
+        if panels:
+            written.append(plot_consistency_heatmap(panels, out / f"lens_{name}_tuned_heatmap.png",
+                                                    f"{model}: tuned-lens top-{k} consistency, layers {lo}-{hi}"))
+        kl = entry["tuned_lens"]["store_kl"]
+        written.append(plot_kl_by_layer({"logit lens": kl["logit"], "tuned lens": kl["tuned"]}, layers,
+                                        out / f"lens_{name}_tuned_kl.png",
+                                        f"{model}: KL to the final layer, store's last positions"))
+    return written

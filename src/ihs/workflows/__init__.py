@@ -12,6 +12,8 @@ from functools import cache
 REGISTRY: tuple[str, ...] = (
     "ihs.workflows.extract:ExtractStep",
     "ihs.workflows.probe:ProbeStep",
+    "ihs.workflows.lens:LensStep",
+    "ihs.workflows.languages:LanguagesStep",
 )
 
 
