@@ -468,13 +468,24 @@ def _run_key(options: TrainOptions) -> dict[str, Any]:
     return data
 
 
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"options": {"lora": {"r": 4}}}`` -> ``{"options.lora.r": 4}`` (lists as JSON text)."""
+    if not isinstance(data, dict):
+        return {prefix: json.dumps(data, sort_keys=True)}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def _prepare_folder(out: Path, key: dict[str, Any]) -> None:
     """Refuse a folder that holds another run; create it otherwise."""
     run_file = out / "run.json"
     if run_file.is_file():
-        old = read_json(run_file).get("key", {})
-        if old != key:
-            differ = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+        old = _flat(read_json(run_file).get("key", {}))
+        new = _flat(key)
+        if old != new:
+            differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise IhsError(f"{out} holds another alignment run (it differs in: {', '.join(differ)}); "
                            "use a new output folder or the same model, data and options")
     elif out.exists() and any(out.iterdir()):
