@@ -30,10 +30,10 @@ def _register() -> None:
     app.add_typer(models.app, name="models", help="The built-in model zoo: list and pull.")
     from ihs.cli import lens
     app.command("lens")(lens.lens_cmd)
-    from ihs.interventions.graft_cli import generate_cmd, graft_cmd, jailbreak_cmd
-    app.command("generate")(generate_cmd)
-    app.command("graft")(graft_cmd)
-    app.command("jailbreak")(jailbreak_cmd)
+    from ihs.cli import generate, graft, jailbreak
+    app.command("generate")(generate.generate_cmd)
+    app.command("graft")(graft.graft_cmd)
+    app.command("jailbreak")(jailbreak.jailbreak_cmd)
     from ihs.cli.run import run_cmd
     app.command("run")(run_cmd)
     from ihs.cli import lang

@@ -13,6 +13,9 @@ REGISTRY: tuple[str, ...] = (
     "ihs.workflows.extract:ExtractStep",
     "ihs.workflows.probe:ProbeStep",
     "ihs.workflows.lens:LensStep",
+    "ihs.workflows.generate:GenerateStep",
+    "ihs.workflows.jailbreak:JailbreakStep",
+    "ihs.workflows.graft:GraftStep",
     "ihs.workflows.languages:LanguagesStep",
 )
 
