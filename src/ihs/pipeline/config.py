@@ -15,6 +15,7 @@ import textwrap
 import types
 import typing
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,10 @@ def analyses_default() -> list[str]:
     return [s.name for s in steps() if s.name != "extract" and s.default]
 
 
+@cache
 def config_class() -> type:
-    """The RunConfig dataclass for the registered steps."""
+    """The RunConfig dataclass for the registered steps (built once; ``config_class.cache_clear()`` after
+    changing the registry)."""
     fields: list[tuple[str, Any, Any]] = [
         ("models", list[str], dataclasses.field(default_factory=lambda: [DEFAULT_MODEL])),
         ("data", dict[str, str], dataclasses.field(default_factory=lambda: dict(DEFAULT_DATA))),
