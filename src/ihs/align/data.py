@@ -355,8 +355,11 @@ def build_data(*, options: DataOptions = DataOptions(), progress: bool = True) -
                     answers[rec.id] = (text, f"model:{ident['name']}")
     benign = [r for r in _order(ben_train, options.seed) if r.id in answers]
     if not benign:
-        raise DataError("no benign prompt of the training split has an answer; use answers='model' or 'both', "
-                        "or benign sets that the written answers cover (builtin:normal, builtin:contrast)")
+        if options.answers == "ihs":
+            raise DataError("no benign prompt of the training split has a written answer; use answers='model' or "
+                            "'both', or benign sets the written answers cover (builtin:normal, builtin:contrast)")
+        raise DataError(f"no benign prompt got a usable answer from {options.answer_model} (every answer was a "
+                        "refusal or too short); try another answer_model or more answer_max_new_tokens")
 
     goals = _order(mal_train, options.seed)
     if options.malicious_ratio is not None:
