@@ -8,7 +8,7 @@
     store = ihs.extract(lm, {"normal": "builtin:normal",
                              "malicious": "builtin:malicious"}, limit=50)
     ihs.probe(store).numbers()["first_95"]                             # first layer a probe reaches 0.95
-    ihs.lens(store, tokenizer=lm.tokenizer).numbers()["tkic_top1"]     # TKIC per class, middle layers
+    ihs.lens(store, model=lm).numbers()["tkic_top1"]                   # TKIC per class, middle layers
     ihs.generate(lm, "builtin:malicious", limit=8).numbers()["per_class"]
     ihs.graft(lm, targets="builtin:malicious", donors="builtin:normal", layers="L/2", limit=4)
 
@@ -26,8 +26,8 @@ from ihs.layers import LAYER_CONVENTION, parse_layer_range, parse_layers
 from ihs.models.loading import LoadedModel, load_model
 from ihs.store import ActivationStore
 
-__all__ = ["LAYER_CONVENTION", "ActivationStore", "LoadedModel", "extract", "load_model", "parse_layer_range",
-           "parse_layers", "prompts", "probe", "run"]
+__all__ = ["LAYER_CONVENTION", "ActivationStore", "LoadedModel", "extract", "generate", "graft", "lens", "load_model",
+           "parse_layer_range", "parse_layers", "probe", "prompts", "run"]
 
 
 def prompts(data: str | Sequence[str] | Mapping[str, str], *, limit: int | None = None) -> list[Any]:
@@ -66,8 +66,7 @@ def extract(model: LoadedModel, data: Any, out: str | Path | None = None, *, lim
     from ihs.extract import ExtractOptions
     from ihs.extract import extract as _extract
 
-    records = data if data and not isinstance(data, str | Mapping) and hasattr(data[0], "text") else prompts(
-        data, limit=limit)
+    records = _records(data, limit)
     return _extract(model, records, out, ExtractOptions(**options), progress=progress)
 
 
@@ -83,6 +82,59 @@ def probe(store: ActivationStore | str | Path, *, name: str = "store", progress:
     from ihs.workflows.probe import ProbeOptions, run_probe
 
     return run_probe({name: store}, ProbeOptions(**options), progress=progress)
+
+
+def lens(store: ActivationStore | str | Path, *, model: LoadedModel | str | None = None, name: str = "store",
+         progress: bool = False, **options: Any) -> Any:
+    """Logit lens of a store: emotion tokens per layer and class, TKIC (:class:`ihs.workflows.lens.LensOptions`
+    as keywords). ``model`` (loaded, or a reference) gives the tokenizer that decodes token ids, and the
+    model for a tuned lens (``tuned=True``); by default the store's own model, from local files.
+
+    >>> store = extract(load_model("smollm2-135m-instruct"), "builtin:malicious", limit=8)  # doctest: +SKIP
+    >>> lens(store).numbers()["tkic_top1"]                                                 # doctest: +SKIP
+    {'malicious': 0.57}
+    """
+    from ihs.workflows.lens import LensOptions, run_lens
+
+    return run_lens({name: store}, LensOptions(**options), model=model, progress=progress)
+
+
+def generate(model: LoadedModel, data: Any, *, limit: int | None = None, progress: bool = False,
+             **options: Any) -> Any:
+    """Greedy answers to the prompts in ``data``, judged for refusal (:class:`ihs.workflows.generate.GenerateConfig`
+    as keywords: ``max_new_tokens``, ``judge``, ...).
+
+    >>> result = generate(load_model("smollm2-135m-instruct"), "builtin:malicious", limit=4)  # doctest: +SKIP
+    >>> result.numbers()["per_class"]["malicious"]["refusal_rate"]                           # doctest: +SKIP
+    0.0
+    """
+    from ihs.workflows.generate import GenerateConfig, run_generate
+
+    records = _records(data, limit)
+    return run_generate(model, records, GenerateConfig(**options), progress=progress)
+
+
+def graft(model: LoadedModel, *, targets: Any, donors: Any, layers: str = "0:L:5", limit: int = 24,
+          donor_limit: int = 100, progress: bool = False, **options: Any) -> Any:
+    """Logit grafting: the targets' last-position state replaced at each layer by the donors' mean state, then
+    greedy answers judged (:class:`ihs.workflows.graft.GraftConfig` as keywords).
+
+    >>> result = graft(load_model("smollm2-135m-instruct"), targets="builtin:malicious",  # doctest: +SKIP
+    ...                donors="builtin:normal", layers="L/2", limit=4)
+    >>> result.numbers()["best_asr"]                                                          # doctest: +SKIP
+    """
+    from ihs.workflows.graft import GraftConfig, graft_sets, run_graft
+
+    config = GraftConfig(layers=layers, targets=limit, donors=donor_limit, **options)
+    target_pool, donor_pool = _records(targets, None), _records(donors, None)
+    sets = graft_sets(target_pool, donor_pool, config)
+    return run_graft(model, sets.targets, sets.donors, config, progress=progress)
+
+
+def _records(data: Any, limit: int | None) -> list[Any]:
+    if data and not isinstance(data, str | Mapping) and hasattr(data[0], "text"):
+        return list(data)[:limit] if limit else list(data)
+    return prompts(data, limit=limit)
 
 
 def run(config: Any = None, out: str | Path = "ihs-run", *, models: Sequence[Any] | None = None,
