@@ -1,0 +1,546 @@
+"""Leave-group-out evaluation of a harmful-request detector: plain functions on records and arrays.
+
+A detector fitted and tested on random splits of the same sets can look excellent while it reads a
+shortcut: a wrapper style, a tense, a trigger word, a length. Such a cue separates the classes inside
+every set it was fitted on and fails on the first new family of prompts. The check here holds out
+whole groups (a jailbreak family, a malicious category, a benign kind, a dataset, any tag), fits on
+the rest and scores the held-out group, so a cue that only exists inside the training groups cannot
+help. No model is involved: the scorer is any factory that fits on training indices and scores
+others, e.g. a probe on hidden states (:func:`features_scorer`) or the bag-of-words baseline
+(:func:`bow_scorer`), which is always run under the same splits for comparison.
+
+The protocol
+------------
+
+**Groups.** :func:`group_values` reads one value per record for a key: ``"dataset"``, ``"label"``
+or a tag name; a comma-separated key (``"family,kind"``) takes the first of those present. Records
+without the key are *ungrouped*: never held out as a group, free to train.
+
+**Goals.** A goal must never sit on both sides. :func:`goal_components` links records that share
+a goal and splits move linked records together. Two records are linked when they share any of:
+the record id or the de-duplication key of the text (the same prompt twice), or the value of a
+``goal_id``, ``goal_source_id`` or ``src_id`` tag, or a built-in ``source_id``. So a malicious goal
+(``source_id`` ``malicious-0042``), its jailbreak wrappings (``goal_source_id``), its reformulations
+and buried versions (``goal_id``) and its translations (``src_id``) form one component; so do a
+normal prompt and its wrapped versions. A ``source_id`` from a user file is qualified by its dataset
+so that row numbers of two files do not collide. Holding out a group holds out every component it
+touches: rows of other groups that share a goal with a held-out row are *moved* to the test side
+(they are scored but are not part of the group's metrics, and they never train).
+
+**Benign rows for single-class groups** (``benign=``). A group of malicious rows only (a malicious
+category, most jailbreak families) has no benign rows to compute an AUROC or a false-positive rate
+against, and a benign-only group (a benign kind) has no malicious ones. Two policies:
+
+- ``"pool"`` (default): before any split, a fixed pool of whole goal components is drawn with the
+  seed, ``pool_fraction`` of the components of each class (at least one each, and never all of a
+  class). The pool never
+  trains, in any split, and is on the test side of every split. A held-out group is scored together
+  with the pool rows of whichever class it lacks; a group holding both classes is scored on its own
+  rows. So every group is compared against the same benign (or malicious) rows, none of which any
+  of the detectors has seen.
+- ``"own"``: no pool. A group is scored on its own rows only: benign rows are held out only with
+  their own group. A single-class group then gets no AUROC, only its TPR (malicious) or FPR
+  (benign) at the threshold.
+
+**Threshold.** It is chosen on the training side only: a seeded ``calib_fraction`` of the training
+components (stratified by class) is set aside, the scorer is fitted on the rest, and the threshold
+is the lowest score with at most ``target_fpr`` of the calibration benign rows above it. TPR and
+FPR on the held-out group are read at that threshold. ``tpr_at_1pct_fpr`` is the one metric that
+uses the test side's own benign rows (an oracle threshold, as in the guard's evaluation); AUROC
+needs no threshold.
+
+:func:`shortcut_check` runs the same scorer on random goal-level folds and on the group splits and
+reports the drop in AUROC; a detector that learned a shortcut scores high on the first and falls on
+the second, a real signal holds on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
+
+from ihs.data.validate import dedupe_key
+from ihs.errors import IhsError
+from ihs.progress import progress_bar
+
+#: Labels read as malicious / benign when ``y`` is not given (the guard's defaults).
+MALICIOUS_LABELS: tuple[str, ...] = ("malicious", "jailbreak", "harmful")
+BENIGN_LABELS: tuple[str, ...] = ("normal", "contrast", "benign", "harmless")
+#: Tags whose values name a record's goal.
+GOAL_TAGS: tuple[str, ...] = ("goal_id", "goal_source_id", "src_id")
+POLICIES: tuple[str, ...] = ("pool", "own")
+
+#: fit(train indices, their labels) -> score(indices) -> scores, higher = more malicious.
+Scorer = Callable[[np.ndarray], np.ndarray]
+ScorerFactory = Callable[[np.ndarray, np.ndarray], Scorer]
+
+
+# -- reading records (PromptRecord objects or plain dicts) --------------------------------------
+
+
+def _field(record: Any, name: str) -> Any:
+    if isinstance(record, dict):
+        return record.get(name)
+    return getattr(record, name, None)
+
+
+def _tags(record: Any) -> dict:
+    tags = _field(record, "tags")
+    return tags if isinstance(tags, dict) else {}
+
+
+def _text(record: Any) -> str | None:
+    text = _field(record, "text")
+    if text is None and isinstance(record, dict):
+        text = record.get("prompt")
+    return text if isinstance(text, str) else None
+
+
+def binary_labels(records: Sequence[Any], *, malicious: Sequence[str] = MALICIOUS_LABELS,
+                  benign: Sequence[str] = BENIGN_LABELS) -> np.ndarray:
+    """``y`` (True = malicious) from the records' labels; a label in neither list is an error."""
+    mal, ben = set(malicious), set(benign)
+    y = []
+    for r in records:
+        lab = str(_field(r, "label"))
+        if lab in mal:
+            y.append(True)
+        elif lab in ben:
+            y.append(False)
+        else:
+            raise IhsError(f"label {lab!r} is neither malicious ({', '.join(sorted(mal))}) nor benign "
+                           f"({', '.join(sorted(ben))}); pass y explicitly")
+    return np.asarray(y, dtype=bool)
+
+
+def _keys(key: str | Sequence[str]) -> list[str]:
+    parts = key.split(",") if isinstance(key, str) else list(key)
+    keys = [k.strip() for k in parts if k and k.strip()]
+    if not keys:
+        raise IhsError("empty group key")
+    return keys
+
+
+def group_values(records: Sequence[Any], key: str | Sequence[str]) -> np.ndarray:
+    """One group value (a string, or None when absent) per record for ``key``.
+
+    ``key`` is ``"dataset"``, ``"label"`` or a tag name, or several (a list or a comma-separated
+    string) of which the first present wins. A key that no record has is an error.
+    """
+    keys = _keys(key)
+    out: list[str | None] = []
+    for r in records:
+        value = None
+        for k in keys:
+            v = _field(r, k) if k in ("dataset", "label") else _tags(r).get(k)
+            if v is not None and str(v) != "":
+                value = str(v)
+                break
+        out.append(value)
+    if records and all(v is None for v in out):
+        present = sorted({t for r in records for t in _tags(r)})
+        raise IhsError(f"unknown group key {','.join(keys)!r}: no record has it; use dataset, label or a tag "
+                       f"({', '.join(present) or 'none present'})")
+    return np.asarray(out, dtype=object)
+
+
+def goal_components(records: Sequence[Any], *, goal_tags: Sequence[str] = GOAL_TAGS) -> np.ndarray:
+    """Component number per record: records linked by a shared goal (see the module docstring)."""
+    parent = list(range(len(records)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, r in enumerate(records):
+        links: list[str] = []
+        rid = _field(r, "id")
+        if rid is not None:
+            links.append(f"g:{rid}")
+        text = _text(r)
+        if text is not None:
+            links.append(f"t:{dedupe_key(text)}")
+        tags = _tags(r)
+        for t in goal_tags:
+            if tags.get(t) not in (None, ""):
+                links.append(f"g:{tags[t]}")
+        sid = tags.get("source_id")
+        if sid not in (None, ""):
+            dataset = str(_field(r, "dataset") or "")
+            links.append(f"g:{sid}" if dataset.startswith("builtin:") else f"g:{dataset}#{sid}")
+        for link in links:
+            j = first.setdefault(link, i)
+            a, b = find(i), find(j)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    roots = [find(i) for i in range(len(records))]
+    _, comp = np.unique(np.asarray(roots, dtype=np.int64), return_inverse=True)
+    return comp.astype(np.int64)
+
+
+# -- splits -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupSplit:
+    """One held-out group: index arrays into the records.
+
+    ``train`` and ``test`` never share a row, a goal component or the group. ``test`` = ``held``
+    (the group's rows) + ``moved`` (other rows sharing a goal with them) + ``pool`` (the fixed pool,
+    ``"pool"`` policy only). ``evaluate`` is what the group's metrics use: ``held`` plus the pool
+    rows of a class the group lacks.
+    """
+
+    group: str
+    train: np.ndarray
+    test: np.ndarray
+    held: np.ndarray
+    moved: np.ndarray
+    pool: np.ndarray
+    evaluate: np.ndarray
+
+
+def _stratified_components(comp: np.ndarray, y: np.ndarray, rows: np.ndarray, fraction: float,
+                           rng: np.random.Generator, *, min_each: int = 1, leave: int = 0) -> np.ndarray:
+    """A seeded ``fraction`` of the goal components among ``rows``, taken per class (a component is
+    malicious when any of its rows is), at least ``min_each`` and leaving at least ``leave`` per class."""
+    comps = np.unique(comp[rows])
+    is_mal = np.asarray([bool(y[rows][comp[rows] == c].any()) for c in comps], dtype=bool)
+    chosen = []
+    for cls in (False, True):
+        pool = comps[is_mal == cls]
+        k = int(round(fraction * len(pool)))
+        k = min(max(k, min_each), len(pool) - leave)
+        if k > 0:
+            chosen.append(rng.choice(pool, size=k, replace=False))
+    return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
+
+
+def _check_inputs(records: Sequence[Any], y: np.ndarray | None) -> np.ndarray:
+    if len(records) == 0:
+        raise IhsError("no records to split")
+    y = binary_labels(records) if y is None else np.asarray(y).astype(bool)
+    if len(y) != len(records):
+        raise IhsError(f"y has {len(y)} labels for {len(records)} records")
+    n_mal = int(y.sum())
+    if n_mal == 0 or n_mal == len(y):
+        raise IhsError(f"leave-group-out needs benign and malicious rows; got {len(y) - n_mal} benign, {n_mal} malicious")
+    return y
+
+
+def group_splits(
+    records: Sequence[Any],
+    key: str | Sequence[str],
+    *,
+    y: np.ndarray | None = None,
+    benign: str = "pool",
+    pool_fraction: float = 0.2,
+    seed: int = 0,
+    goal_tags: Sequence[str] = GOAL_TAGS,
+) -> list[GroupSplit]:
+    """One :class:`GroupSplit` per group of ``key``, in sorted group order (see the module docstring).
+
+    ``y`` (True = malicious) defaults to :func:`binary_labels`. Errors (``IhsError``): no records, no
+    benign or no malicious rows, an unknown key, a group of one row, fewer than two groups, an
+    unknown ``benign`` policy, a pool fraction outside (0, 1).
+    """
+    y = _check_inputs(records, y)
+    if benign not in POLICIES:
+        raise IhsError(f"unknown benign policy {benign!r}; use one of {', '.join(POLICIES)}")
+    if benign == "pool" and not 0.0 < pool_fraction < 1.0:
+        raise IhsError(f"pool fraction must be between 0 and 1, got {pool_fraction}")
+    values = group_values(records, key)
+    present = np.asarray([v is not None for v in values], dtype=bool)
+    names, counts = np.unique(values[present].astype(str), return_counts=True)
+    single = [str(n) for n, c in zip(names, counts, strict=True) if c == 1]
+    if single:
+        raise IhsError(f"group {single[0]!r} of key {key!r} has only one row; a group needs at least two "
+                       f"({len(single)} such groups); merge or drop them")
+    if len(names) < 2:
+        raise IhsError(f"key {key!r} gives {len(names)} group(s); leave-group-out needs at least two")
+    comp = goal_components(records, goal_tags=goal_tags)
+    all_rows = np.arange(len(records))
+    pool_comps = np.empty(0, dtype=np.int64)
+    if benign == "pool":
+        pool_comps = _stratified_components(comp, y, all_rows, pool_fraction, np.random.default_rng(seed), leave=1)
+    in_pool = np.isin(comp, pool_comps)
+    splits = []
+    for name in names:
+        held = np.flatnonzero(values == name)
+        in_test = np.isin(comp, np.unique(comp[held])) | in_pool
+        test = np.flatnonzero(in_test)
+        moved = np.flatnonzero(in_test & ~in_pool & (values != name))
+        pool = np.flatnonzero(in_pool & (values != name))
+        lacking = [cls for cls in (False, True) if not (y[held] == cls).any()]
+        extra = pool[np.isin(y[pool], lacking)] if lacking else np.empty(0, dtype=np.int64)
+        splits.append(GroupSplit(group=str(name), train=np.flatnonzero(~in_test), test=test, held=held,
+                                 moved=moved, pool=pool, evaluate=np.sort(np.concatenate([held, extra]))))
+    return splits
+
+
+def leave_one_group_out(records: Sequence[Any], key: str | Sequence[str], **options: Any,
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(train, test)`` index arrays, one pair per held-out group (options of :func:`group_splits`)."""
+    for split in group_splits(records, key, **options):
+        yield split.train, split.test
+
+
+def random_splits(records: Sequence[Any], *, y: np.ndarray | None = None, folds: int = 5, seed: int = 0,
+                  goal_tags: Sequence[str] = GOAL_TAGS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``folds`` random (train, test) splits over whole goal components, each fold's components
+    dealt per class so both classes appear in every fold: the in-distribution comparison."""
+    y = _check_inputs(records, y)
+    if folds < 2:
+        raise IhsError(f"folds must be at least 2, got {folds}")
+    comp = goal_components(records, goal_tags=goal_tags)
+    rng = np.random.default_rng(seed)
+    comps = np.unique(comp)
+    is_mal = np.asarray([bool(y[comp == c].any()) for c in comps], dtype=bool)
+    fold_of = np.empty(len(comps), dtype=np.int64)
+    for cls in (False, True):
+        idx = np.flatnonzero(is_mal == cls)
+        if len(idx) < folds:
+            raise IhsError(f"{folds} folds need at least {folds} {'malicious' if cls else 'benign'} goals, got {len(idx)}")
+        order = rng.permutation(idx)
+        fold_of[order] = np.arange(len(order)) % folds
+    row_fold = fold_of[np.searchsorted(comps, comp)]
+    return [(np.flatnonzero(row_fold != f), np.flatnonzero(row_fold == f)) for f in range(folds)]
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def calibrate_threshold(benign_scores: np.ndarray, target_fpr: float) -> float:
+    """The lowest threshold t with share(benign_scores > t) <= target_fpr (the guard's rule)."""
+    s = np.sort(np.asarray(benign_scores, dtype=np.float64))[::-1]
+    if len(s) == 0:
+        raise IhsError("no benign scores to choose a threshold on")
+    if not 0.0 <= target_fpr < 1.0:
+        raise IhsError(f"target FPR must be in [0, 1), got {target_fpr}")
+    return float(s[int(np.floor(target_fpr * len(s) + 1e-9))])
+
+
+def _rate(flags: np.ndarray) -> float | None:
+    return float(np.mean(flags)) if len(flags) else None
+
+
+def detection_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Counts, AUROC, TPR at 1% FPR (the set's own benign rows), and TPR/FPR at ``threshold``.
+
+    A metric that needs a class the set lacks is None.
+    """
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    both = bool(y.any() and (~y).any())
+    flagged = s > threshold
+    return {
+        "n_benign": int((~y).sum()),
+        "n_malicious": int(y.sum()),
+        "auroc": float(roc_auc_score(y, s)) if both else None,
+        "tpr_at_1pct_fpr": float(np.mean(s[y] > calibrate_threshold(s[~y], 0.01))) if both else None,
+        "tpr": _rate(flagged[y]),
+        "fpr": _rate(flagged[~y]),
+    }
+
+
+def _fit_score(factory: ScorerFactory, train: np.ndarray, test: np.ndarray, y: np.ndarray, comp: np.ndarray,
+               *, calib_fraction: float, target_fpr: float, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+    """Fit on part of ``train``, choose the threshold on the rest of ``train``, score ``test``."""
+    cal_comps = _stratified_components(comp, y, train, calib_fraction, rng, min_each=0, leave=1)
+    is_cal = np.isin(comp[train], cal_comps)
+    fit, cal = train[~is_cal], train[is_cal]
+    info: dict[str, Any] = {"n_train": int(len(fit)), "n_calibration": int(len(cal)), "threshold_source": "calibration"}
+    if (~y[cal]).sum() == 0:  # too few benign goals to set some aside: fit on all, threshold in-sample
+        fit, cal = train, train
+        info.update(n_train=int(len(train)), n_calibration=0, threshold_source="in-sample")
+    if y[fit].all() or not y[fit].any():
+        raise _Skip("the training side lacks a class")
+    score = factory(fit, y[fit])
+    cal_scores = np.asarray(score(cal), dtype=np.float64)
+    info["threshold"] = calibrate_threshold(cal_scores[~y[cal]], target_fpr)
+    return info, np.asarray(score(test), dtype=np.float64)
+
+
+class _Skip(Exception):
+    pass
+
+
+def _summary(groups: dict[str, dict]) -> dict[str, Any]:
+    done = {g: m for g, m in groups.items() if "skipped" not in m}
+    aurocs = {g: m["auroc"] for g, m in done.items() if m["auroc"] is not None}
+
+    def mean(key: str) -> float | None:
+        vals = [m[key] for m in done.values() if m.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    worst = min(aurocs, key=lambda g: aurocs[g]) if aurocs else None
+    return {"n_groups": len(groups), "n_skipped": len(groups) - len(done),
+            "mean_auroc": float(np.mean(list(aurocs.values()))) if aurocs else None,
+            "worst_auroc": aurocs[worst] if worst is not None else None, "worst_group": worst,
+            "mean_tpr_at_1pct_fpr": mean("tpr_at_1pct_fpr"), "mean_tpr": mean("tpr"), "mean_fpr": mean("fpr")}
+
+
+def _run(splits: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict]], factory: ScorerFactory,
+         y: np.ndarray, comp: np.ndarray, *, calib_fraction: float, target_fpr: float, seed: int,
+         progress: bool, description: str) -> dict[str, Any]:
+    groups: dict[str, dict] = {}
+    with progress_bar(description, total=len(splits), unit="splits", enabled=progress) as advance:
+        for n, (name, train, test, evaluate, extra) in enumerate(splits):
+            rng = np.random.default_rng([seed, n])
+            try:  # one BLAS thread: many small fits, and several threads thrash on a shared machine
+                with threadpool_limits(limits=1, user_api="blas"):
+                    info, scores = _fit_score(factory, train, test, y, comp, calib_fraction=calib_fraction,
+                                              target_fpr=target_fpr, rng=rng)
+            except _Skip as exc:
+                groups[name] = {**extra, "skipped": str(exc)}
+                advance(1)
+                continue
+            pos = np.searchsorted(test, evaluate)
+            assert np.array_equal(test[pos], evaluate), "scored rows must lie on the test side"
+            groups[name] = {**extra, **info, **detection_metrics(y[evaluate], scores[pos], info["threshold"])}
+            advance(1)
+    return {"groups": groups, "summary": _summary(groups)}
+
+
+def evaluate_groups(
+    records: Sequence[Any],
+    factory: ScorerFactory,
+    key: str | Sequence[str],
+    *,
+    y: np.ndarray | None = None,
+    benign: str = "pool",
+    pool_fraction: float = 0.2,
+    calib_fraction: float = 0.25,
+    target_fpr: float = 0.05,
+    seed: int = 0,
+    goal_tags: Sequence[str] = GOAL_TAGS,
+    baseline: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fit ``factory`` with each group of ``key`` held out and score that group.
+
+    Per group: ``n_held``, ``n_moved``, ``n_pool``, ``held_classes``, ``n_train`` (rows fitted on),
+    ``n_calibration``, ``threshold``, ``n_benign``/``n_malicious`` (rows scored for the group),
+    ``auroc``, ``tpr_at_1pct_fpr``, ``tpr``, ``fpr`` (None where the scored rows lack a class), or
+    ``skipped`` with a reason when the training side lacks a class. ``summary`` gives the mean and
+    worst AUROC over groups and mean rates. With ``baseline`` (and texts on the records) the
+    bag-of-words baseline is run on the same splits, calibration rows and threshold rule.
+    """
+    y = _check_inputs(records, y)
+    splits = group_splits(records, key, y=y, benign=benign, pool_fraction=pool_fraction, seed=seed,
+                          goal_tags=goal_tags)
+    comp = goal_components(records, goal_tags=goal_tags)
+    rows = []
+    for s in splits:
+        held_classes = sorted({"malicious" if v else "benign" for v in y[s.held]})
+        extra = {"n_held": int(len(s.held)), "n_moved": int(len(s.moved)), "n_pool": int(len(s.pool)),
+                 "held_classes": held_classes}
+        rows.append((s.group, s.train, s.test, s.evaluate, extra))
+    options = {"calib_fraction": calib_fraction, "target_fpr": target_fpr, "seed": seed, "progress": progress}
+    result: dict[str, Any] = {
+        "protocol": "leave-one-group-out", "key": ",".join(_keys(key)), "benign_policy": benign,
+        "pool_fraction": pool_fraction if benign == "pool" else None, "calib_fraction": calib_fraction,
+        "target_fpr": target_fpr, "seed": seed, "n": {"benign": int((~y).sum()), "malicious": int(y.sum())},
+        **_run(rows, factory, y, comp, description=f"leave-{','.join(_keys(key))}-out", **options),
+        "baseline": None,
+    }
+    texts = [_text(r) for r in records]
+    if baseline and all(t is not None for t in texts):
+        bow = _run(rows, bow_scorer(texts), y, comp, description="bag-of-words", **options)
+        result["baseline"] = {"model": "unigram+bigram presence -> logistic regression", **bow}
+    return result
+
+
+def evaluate_random(
+    records: Sequence[Any],
+    factory: ScorerFactory,
+    *,
+    y: np.ndarray | None = None,
+    folds: int = 5,
+    calib_fraction: float = 0.25,
+    target_fpr: float = 0.05,
+    seed: int = 0,
+    goal_tags: Sequence[str] = GOAL_TAGS,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The same fit, threshold and metrics on random goal-level folds (:func:`random_splits`)."""
+    y = _check_inputs(records, y)
+    comp = goal_components(records, goal_tags=goal_tags)
+    rows = [(f"fold{f}", tr, te, te, {}) for f, (tr, te) in
+            enumerate(random_splits(records, y=y, folds=folds, seed=seed, goal_tags=goal_tags))]
+    return {"protocol": "random goal-level folds", "folds": folds, "seed": seed,
+            **_run(rows, factory, y, comp, calib_fraction=calib_fraction, target_fpr=target_fpr, seed=seed,
+                   progress=progress, description="random folds")}
+
+
+def shortcut_check(records: Sequence[Any], factory: ScorerFactory, key: str | Sequence[str], *,
+                   max_drop: float = 0.1, folds: int = 5, **options: Any) -> dict[str, Any]:
+    """Random folds against leave-group-out for one scorer: does its AUROC hold on unseen groups?
+
+    ``passes`` when the worst held-out group's AUROC is at most ``max_drop`` below the mean AUROC of
+    the random folds. ``options`` go to :func:`evaluate_groups` (``y``, ``benign``, ``seed``, ...).
+    """
+    common = {k: options[k] for k in ("y", "calib_fraction", "target_fpr", "seed", "goal_tags", "progress")
+              if k in options}
+    rand = evaluate_random(records, factory, folds=folds, **common)
+    groups = evaluate_groups(records, factory, key, **options)
+    r_mean, g_mean, g_worst = (rand["summary"]["mean_auroc"], groups["summary"]["mean_auroc"],
+                               groups["summary"]["worst_auroc"])
+    if r_mean is None or g_worst is None:
+        raise IhsError("no held-out group could be scored with an AUROC; use benign='pool' or groups with both classes")
+    return {"random": rand, "groups": groups, "auroc_random": r_mean, "auroc_groups_mean": g_mean,
+            "auroc_groups_worst": g_worst, "drop_mean": r_mean - g_mean, "drop_worst": r_mean - g_worst,
+            "max_drop": max_drop, "passes": bool(r_mean - g_worst <= max_drop)}
+
+
+# -- scorers ------------------------------------------------------------------------------------
+
+
+def features_scorer(X: np.ndarray, make_estimator: Callable[[], Any] | None = None) -> ScorerFactory:
+    """A factory fitting a classifier on rows of ``X`` (default: standardise + logistic regression).
+
+    The score is ``decision_function`` when the estimator has one, else the malicious probability.
+    """
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise IhsError(f"features must be a 2-D array (rows x features), got shape {X.shape}")
+
+    def default() -> Any:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+
+    build = make_estimator or default
+
+    def fit(train: np.ndarray, y_train: np.ndarray) -> Scorer:
+        est = build().fit(X[train], np.asarray(y_train).astype(int))
+        if hasattr(est, "decision_function"):
+            return lambda idx: np.asarray(est.decision_function(X[idx]), dtype=np.float64).reshape(-1)
+        col = list(est.classes_).index(1)
+        return lambda idx: np.asarray(est.predict_proba(X[idx])[:, col], dtype=np.float64)
+
+    return fit
+
+
+def bow_scorer(texts: Sequence[str], **bow_options: Any) -> ScorerFactory:
+    """A factory fitting ``ihs.analysis.surface.BagOfWordsBaseline`` on the texts at the train indices."""
+    from ihs.analysis.surface import BagOfWordsBaseline
+
+    arr = np.asarray(list(texts), dtype=object)
+
+    def fit(train: np.ndarray, y_train: np.ndarray) -> Scorer:
+        model = BagOfWordsBaseline(**bow_options).fit(arr[train], np.asarray(y_train).astype(int))
+        col = list(model.classes_).index(1)
+        return lambda idx: np.asarray(model.predict_proba(arr[idx])[:, col], dtype=np.float64)
+
+    return fit
