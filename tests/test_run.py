@@ -26,7 +26,7 @@ from ihs.cli import app
 from ihs.errors import IhsError
 from ihs.pipeline.config import analyses_default, config_yaml, default_config, from_dict, load
 from ihs.pipeline.runner import choose_threads, step_key
-from ihs.report.summary import num, pct
+from ihs.report.html import num, pct
 from ihs.workflows import steps
 
 STEPS = [s.name for s in steps()]
