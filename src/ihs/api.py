@@ -158,7 +158,7 @@ def run(config: Any = None, out: str | Path = "ihs-run", *, models: Sequence[Any
         setattr(cfg, key, value)
     result = run_pipeline(cfg, out, models=models, progress=progress, force=force)
     if report:
-        from ihs.report.html import write_report
+        from ihs.report.page import write_report
 
         result.report = write_report(out, result.index)
     return result

@@ -38,7 +38,7 @@ def run_cmd(
         "--report-only", help="Only rebuild OUT/report.html from the outputs already in OUT.")] = False,
 ) -> None:
     """Every analysis for one or more models, cached step by step, and one HTML report (OUT/report.html)."""
-    from ihs.report.html import write_report
+    from ihs.report.page import write_report
 
     cfg = run_config.load(config) if config else run_config.default_config()
     if print_config:

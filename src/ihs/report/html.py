@@ -170,14 +170,5 @@ def model_block(name: str, slug: str, many: bool, body: str, key: str) -> str:
     return f'<div class="model-block" data-model="{esc(slug)}" data-part="{esc(key)}">{head}{body}</div>'
 
 
-def __getattr__(name: str) -> Any:
-    # the page moved to ihs.report.page; kept only until every importer says ihs.report.page
-    if name in ("write_report", "build_report"):
-        from ihs.report import page
-
-        return getattr(page, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["Raw", "asset", "display_token", "esc", "fmt_seconds", "model_block", "notice", "num", "pct", "png",
            "png_figure", "section", "status_sentence", "table", "text_block", "verdict"]
