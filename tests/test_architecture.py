@@ -134,3 +134,105 @@ def test_allowed_imports_pass():
 def test_a_long_function_is_caught():
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES + 1))
     assert long_functions(f"def f():\n{body}\n", "ihs.cli.x") == [f"ihs.cli.x.f: {MAX_FUNCTION_LINES + 2} lines"]
+
+
+# -- adding an analysis: its module, its section, one registration line --------------------------------------
+
+TOY_WORKFLOW = '''
+from dataclasses import dataclass
+
+import numpy as np
+
+from ihs.workflows.base import Result, Step, opt
+
+
+@dataclass(kw_only=True)
+class NormsOptions:
+    relative: bool = opt(False, "Divide by the embedding layer's norm.")
+
+
+class NormsResult(Result):
+    FILE = "norms.json"
+
+    def numbers(self):
+        return {label: max(v) for label, v in self.data["norms"].items()}
+
+
+def run_norms(store, options=None):
+    options = options or NormsOptions()
+    norms = np.linalg.norm(store.hidden, axis=2)
+    if options.relative:
+        norms = norms / norms[:, :1]
+    return NormsResult({"norms": {label: norms[store.labels == label].mean(0).tolist()
+                                  for label in dict.fromkeys(store.labels)}})
+
+
+class NormsStep(Step):
+    name, options, depends = "norms", NormsOptions, ("extract",)
+    help = "Mean norm of the last-token state per layer and class."
+
+    def key(self, ctx):
+        return {"extract": ctx.keys["extract"], "relative": ctx.options("norms").relative}
+
+    def run(self, ctx, folder):
+        run_norms(ctx.load_store(), ctx.options("norms")).save(folder)
+        return {"outputs": [NormsResult.FILE]}
+'''
+
+TOY_SECTION = '''
+from ihs.report.html import section as section_html
+from ihs.report.html import table
+from ihs.workflows.norms import NormsResult
+
+RESULT = NormsResult
+TITLE = "Norms"
+
+
+def _body(model, result):
+    return table(["class", "largest mean norm"], [[k, f"{v:.3f}"] for k, v in result.numbers().items()])
+
+
+def section(ctx):
+    return section_html("norms", "Norms", ctx.per_model("norms", "norms", _body))
+'''
+
+
+def test_a_toy_analysis_needs_its_module_its_section_and_one_line(tmp_path, monkeypatch):
+    """The walk-through of docs/ARCHITECTURE.md, done: two new modules and one registry line give a step of
+    ``ihs run`` with its config section, its cache key and its report section."""
+    import importlib.util
+    import json
+    import sys
+
+    import torch
+
+    import ihs.workflows as workflows
+    from conftest import make_tiny
+    from ihs.api import run
+    from ihs.pipeline.config import config_class, config_yaml
+
+    for name, source in (("ihs.workflows.norms", TOY_WORKFLOW), ("ihs.report.sections.norms", TOY_SECTION)):
+        path = tmp_path / f"{name.rsplit('.', 1)[1]}_{name.split('.')[1]}.py"
+        path.write_text(source, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+    monkeypatch.setattr(workflows, "REGISTRY", (*workflows.REGISTRY, "ihs.workflows.norms:NormsStep"))  # the line
+    workflows.steps.cache_clear()
+    config_class.cache_clear()
+    try:
+        assert "norms:\n  relative: false  # Divide by the embedding layer's norm." in config_yaml()
+        torch.set_num_threads(1)
+        config = {"data": {"normal": "builtin:normal", "malicious": "builtin:malicious"}, "limit": 6,
+                  "analyses": ["norms"], "norms": {"relative": True}}
+        result = run(config, tmp_path / "run", models=[make_tiny("llama")], progress=False)
+        statuses = {s: v["status"] for s, v in result.index["models"][0]["steps"].items()}
+        assert statuses["extract"] == "done" and statuses["norms"] == "done"
+        saved = json.loads((result.out / result.index["models"][0]["dir"] / "norms" / "norms.json").read_text())
+        assert saved["norms"]["normal"][0] == 1.0  # relative: the embedding layer divided by itself
+        page = result.report.read_text(encoding="utf-8")
+        assert 'id="sec-norms"' in page and "largest mean norm" in page
+    finally:
+        workflows.steps.cache_clear()
+        config_class.cache_clear()
