@@ -85,10 +85,12 @@ def test_goal_links_cover_ids_texts_and_builtin_source_ids() -> None:
         {"id": "e", "text": "third", "label": "malicious", "dataset": "builtin:reformulated",
          "tags": {"goal_id": "malicious-0001"}},
         {"id": "f", "text": "unrelated", "label": "normal", "dataset": "z.csv", "tags": {"source_id": "1"}},
+        {"id": "g", "text": "autre", "label": "malicious", "dataset": "builtin:multilingual",
+         "tags": {"src_id": "malicious-0001", "source_id": "fr-malicious-0001", "lang": "fr"}},
     ]
     comp = G.goal_components(recs)
     assert comp[0] == comp[1]  # duplicate text, although the user files' row ids differ in meaning
-    assert comp[2] == comp[3] == comp[4]
+    assert comp[2] == comp[3] == comp[4] == comp[6]
     assert comp[5] != comp[0] and comp[5] != comp[2]  # "1" in z.csv is not "1" in x.csv
 
 

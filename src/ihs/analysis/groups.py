@@ -213,7 +213,7 @@ def _stratified_components(comp: np.ndarray, y: np.ndarray, rows: np.ndarray, fr
     """A seeded ``fraction`` of the goal components among ``rows``, taken per class (a component is
     malicious when any of its rows is), at least ``min_each`` and leaving at least ``leave`` per class."""
     comps = np.unique(comp[rows])
-    is_mal = np.asarray([bool(y[rows][comp[rows] == c].any()) for c in comps], dtype=bool)
+    is_mal = np.bincount(comp[rows], weights=y[rows].astype(np.float64), minlength=int(comp.max()) + 1)[comps] > 0
     chosen = []
     for cls in (False, True):
         pool = comps[is_mal == cls]
@@ -303,7 +303,7 @@ def random_splits(records: Sequence[Any], *, y: np.ndarray | None = None, folds:
     comp = goal_components(records, goal_tags=goal_tags)
     rng = np.random.default_rng(seed)
     comps = np.unique(comp)
-    is_mal = np.asarray([bool(y[comp == c].any()) for c in comps], dtype=bool)
+    is_mal = np.bincount(comp, weights=y.astype(np.float64))[comps] > 0
     fold_of = np.empty(len(comps), dtype=np.int64)
     for cls in (False, True):
         idx = np.flatnonzero(is_mal == cls)
