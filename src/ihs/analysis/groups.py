@@ -33,11 +33,13 @@ against, and a benign-only group (a benign kind) has no malicious ones. Two poli
 
 - ``"pool"`` (default): before any split, a fixed pool of whole goal components is drawn with the
   seed, ``pool_fraction`` of the components of each class (at least one each, and never all of a
-  class). The pool never
-  trains, in any split, and is on the test side of every split. A held-out group is scored together
-  with the pool rows of whichever class it lacks; a group holding both classes is scored on its own
-  rows. So every group is compared against the same benign (or malicious) rows, none of which any
-  of the detectors has seen.
+  class). The pool never trains, in any split, and is on the test side of every split. A held-out
+  group is scored together with the pool rows of whichever class it lacks (so a malicious-only
+  group's FPR and a benign-only group's TPR are read on the pool); a group holding both classes is
+  scored on its own rows. So every group is compared against the same benign (or malicious) rows,
+  none of which any of the detectors has seen. A group whose goals reach every row of a class
+  (holding out ``builtin:malicious`` takes all its jailbreaks and reformulations with it) leaves
+  the training side without that class and is reported as skipped.
 - ``"own"``: no pool. A group is scored on its own rows only: benign rows are held out only with
   their own group. A single-class group then gets no AUROC, only its TPR (malicious) or FPR
   (benign) at the threshold.
