@@ -359,3 +359,15 @@ def test_generated_answers_skip_refusals_and_fall_back_to_openings(monkeypatch, 
     assert rejected <= {"model:fake-instruct", "ihs:opening"}
     assert not any(PhraseJudge().refuses(p.rejected) for p in data.dpo if p.malicious)
     assert data.manifest["generators"]["answers"]["name"] == "fake-instruct"
+
+
+def test_full_fine_tuning_dpo_keeps_a_frozen_reference(base, built, tmp_path):
+    result = train(str(base), few_dpo(built, 4), tmp_path / "run",
+                   options=TrainOptions(method="dpo", max_steps=2, save_every=2, save_initial=False,
+                                        **{**FAST, "lora": None}))
+    rows = [r for r in result.log if "loss" in r]
+    assert rows[0]["loss"] == pytest.approx(0.6931, abs=1e-3) and rows[-1]["loss"] < rows[0]["loss"]
+    assert [s for s, _ in result.checkpoints] == [2]
+    trained, original = _weights(result.checkpoints[0][1]), _weights(base)
+    assert sum(not torch.equal(trained[k], original[k]) for k in original) > len(original) // 2  # all weights move
+    assert json.loads((result.checkpoints[0][1] / "ihs_align.json").read_text())["options"]["lora"] is None
