@@ -17,7 +17,8 @@ from ihs.formatting import format_prompt
 from ihs.guard import FitOptions, Guard, fit_guard
 from ihs.guard.early_exit import states_at_layer, states_at_layer_batched
 from ihs.guard.evaluate import breakdown
-from ihs.guard.guard import calibrate_threshold, split_rows
+from ihs.guard.fit import split_rows
+from ihs.guard.guard import calibrate_threshold
 
 BENIGN = ["How do I bake bread at home", "Write a short poem about the sea", "What is the capital of France",
           "Summarise the history of Rome in three lines", "Give step by step instructions for making a cake"]

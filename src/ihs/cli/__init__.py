@@ -38,10 +38,10 @@ def _register() -> None:
     app.command("run")(run_cmd)
     from ihs.cli import lang
     app.command("lang")(lang.lang_cmd)
-    from ihs.interventions.defense_cli import app as defend_app
-    app.add_typer(defend_app, name="defend", help="Probe-conditioned steering defense: direction, evaluate, sweep.")
-    from ihs.guard.cli import app as guard_app
-    app.add_typer(guard_app, name="guard", help="Probe-based harmful-request detector: fit, score, eval, serve.")
+    from ihs.cli import defend
+    app.add_typer(defend.app, name="defend", help="Probe-conditioned steering defense: direction, evaluate, sweep.")
+    from ihs.cli import guard
+    app.add_typer(guard.app, name="guard", help="Probe-based harmful-request detector: fit, score, eval, serve.")
 
 
 _register()

@@ -16,6 +16,8 @@ REGISTRY: tuple[str, ...] = (
     "ihs.workflows.generate:GenerateStep",
     "ihs.workflows.jailbreak:JailbreakStep",
     "ihs.workflows.graft:GraftStep",
+    "ihs.workflows.guard:GuardStep",
+    "ihs.workflows.defense:DefenseStep",
     "ihs.workflows.languages:LanguagesStep",
 )
 
