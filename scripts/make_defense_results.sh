@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 10 (defense) results: directions, guards, a tuning sweep on the tune split, then the chosen
+# Defense results: directions, guards, a tuning sweep on the tune split, then the chosen
 # setting on the disjoint eval split. All prompts outside the stores (and their goals) the guard and
 # the direction were fitted on. One torch thread (shared 2-core machine).
 set -eu

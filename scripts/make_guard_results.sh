@@ -7,7 +7,7 @@ only=${1:-all}   # "both": only the pooled fits
 IHS="nice -n 19 .venv/bin/ihs"
 mkdir -p runs/guard
 for short in smollm2 qwen gemma; do
-  gen=""; [ -d runs/issue6/gen-$short ] && gen="--generations runs/issue6/gen-$short"
+  gen=""; [ -d runs/gen-$short ] && gen="--generations runs/gen-$short"
   if [ "$only" != both ]; then
   $IHS guard fit --store runs/$short-builtin --benign normal,contrast --malicious malicious,jailbreak \
       --out runs/guard/$short-builtin > runs/guard/fit-$short-builtin.log 2>&1
