@@ -124,6 +124,22 @@ def test_user_tokens_are_the_prompt_and_spans_map_to_tokens(lm):
         pts[0].char_mask([(5, 500)])
     with pytest.raises(IhsError):
         find_span(PROMPTS[0], "not there")
+    raw = tokenize_prompts(lm, PROMPTS[:1], chat=False)[0]
+    assert all(raw.user) and "".join(raw.tokens) == PROMPTS[0]
+
+
+def test_a_guard_becomes_a_probe_target(lm):
+    from ihs.guard.guard import Guard
+
+    texts = PROMPTS + ["Write a short poem about the sea.", "Create a fake news story.", "Hack into a network."]
+    states = last_token_states(lm, texts, options=ConceptOptions(**QUIET))[:, 1]
+    guard = Guard.fit_states(states, [0, 1, 0, 1, 0, 1], layer=1, classifier="diffmean", folds=2)
+    probe = ProbeTarget.from_guard(guard)
+    assert probe.layer == 1
+    got = probe.readout(lm, torch.as_tensor(states)).numpy()
+    np.testing.assert_allclose(got, guard.decision_states(states), rtol=1e-4, atol=1e-4)
+    with pytest.raises(IhsError):
+        ProbeTarget.from_guard(object())
 
 
 # -- integrated gradients ------------------------------------------------------------------------
@@ -347,6 +363,9 @@ def test_tcav_finds_a_planted_direction_and_not_its_opposite(lm):
                              controls={"random": {"planted": ctrl, "opposite": ctrl}}, sizes={})
     res = tcav(lm, PROMPTS, dirs, target=probe, options=ConceptOptions(**QUIET))
     assert res.scores["planted"] == [1.0] and res.scores["opposite"] == [0.0]
+    above = ConceptDirections(layers=[1, 2], directions={"d": np.stack([w, w])}, controls={}, sizes={})
+    low = tcav(lm, PROMPTS, above, target=ProbeTarget(w, 0.0, 1), options=ConceptOptions(**QUIET))
+    assert low.scores["d"][0] in (0.0, 1.0) and np.isnan(low.scores["d"][1])  # layer 2 is above the probe
     # a constant gradient puts every control at 0 or 1 too, so none is closer to 0.5 than the planted one
     assert res.controls["planted"]["random"]["p_value"] == [1.0]
     assert _p_value(np.array([0.9]), np.array([[0.5], [0.6], [0.4], [0.95]])).tolist() == [0.4]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -348,6 +349,13 @@ def _share_positive(grads: np.ndarray, directions: np.ndarray) -> tuple[np.ndarr
     return share, mean
 
 
+def _nan_stat(func: Any, values: np.ndarray, **kwargs: Any) -> np.ndarray:
+    """``func`` (nanmean, nanstd, nanquantile) without the warnings all-NaN columns (layer 0) raise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return func(values, **kwargs)
+
+
 def _p_value(score: np.ndarray, controls: np.ndarray) -> np.ndarray:
     """Per layer: (1 + #controls at least as far from 0.5 as the score) / (1 + #controls)."""
     if controls.shape[0] == 0:
@@ -359,21 +367,25 @@ def _p_value(score: np.ndarray, controls: np.ndarray) -> np.ndarray:
 
 def tcav(lm: Any, prompts: Sequence[Any], directions: ConceptDirections, *, target: Any = None,
          options: ConceptOptions | None = None) -> TcavResult:
-    """TCAV scores of ``target`` (default: the refusal margin) for each concept direction and layer."""
+    """TCAV scores of ``target`` (default: the refusal margin) for each concept direction and layer
+    (NaN at layers above the target's own, which it does not read, and where a direction is zero)."""
     options = options or ConceptOptions()
     if not prompts:
         raise IhsError("no prompts for TCAV")
     target = target if target is not None else refusal_target(lm)
     grads, _ = state_gradients(lm, prompts, target, directions.layers, options=options)
     scores, sens, controls = {}, {}, {}
+    above = np.asarray(directions.layers) > int(target.layer)  # the target does not read these layers
     for name, v in directions.directions.items():
         s, m = _share_positive(grads, v)
+        s, m = np.where(above, np.nan, s), np.where(above, np.nan, m)
         scores[name], sens[name] = s.tolist(), m.tolist()
         per_kind = {}
         for kind, per in directions.controls.items():
             cs, _ = _share_positive(grads, per[name])
-            per_kind[kind] = {"mean": np.nanmean(cs, axis=0).tolist() if len(cs) else [],
-                              "std": np.nanstd(cs, axis=0).tolist() if len(cs) else [],
+            cs = np.where(above[None, :], np.nan, cs)
+            per_kind[kind] = {"mean": _nan_stat(np.nanmean, cs, axis=0).tolist() if len(cs) else [],
+                              "std": _nan_stat(np.nanstd, cs, axis=0).tolist() if len(cs) else [],
                               "p_value": _p_value(s, cs).tolist()}
         controls[name] = per_kind
     return TcavResult(layers=list(directions.layers), target=target.describe(), scores=scores,
@@ -474,8 +486,8 @@ def direction_cosines(
                 c = np.abs(cosine(per[name], named[anchor][None]))  # (controls, nL)
                 if c.shape[0] == 0:
                     continue
-                q95 = np.nanquantile(c, 0.95, axis=0)
-                entry[kind] = {"mean_abs": np.nanmean(c, axis=0).tolist(), "q95_abs": q95.tolist(),
+                q95 = _nan_stat(np.nanquantile, c, q=0.95, axis=0)
+                entry[kind] = {"mean_abs": _nan_stat(np.nanmean, c, axis=0).tolist(), "q95_abs": q95.tolist(),
                                "exceeds_q95": (np.abs(np.asarray(entry["cosine"])) > q95).tolist()}
             per_concept[name] = entry
         controls[anchor] = per_concept

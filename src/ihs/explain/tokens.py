@@ -167,7 +167,8 @@ def tokenize_prompts(
         offsets = _offsets(tokenizer, text, ids, use_chat)
         user = tuple(bool(e > s and s < hi and e > lo) for s, e in offsets)
         kept = text[lo:hi]
-        shift = len(raw) - len(kept) if formatted.truncated and raw.endswith(kept) else 0
+        # truncation keeps the prompt's end; if decoding changed the kept text slightly, the shift is approximate
+        shift = max(len(raw) - len(kept), 0) if formatted.truncated else 0
         tokens = tuple(_display(tokenizer, t, text, span) for t, span in zip(ids, offsets, strict=True))
         out.append(PromptTokens(prompt=raw, text=text, ids=tuple(ids), tokens=tokens, offsets=tuple(offsets),
                                 user=user, user_span=(lo, hi), shift=shift, truncated=formatted.truncated))
