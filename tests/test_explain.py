@@ -23,6 +23,7 @@ from ihs.explain import (
     emotion_target,
     find_span,
     last_token_attention,
+    marked_spans,
     perturbation_curves,
     randomisation_check,
     refusal_target,
@@ -124,6 +125,16 @@ def test_user_tokens_are_the_prompt_and_spans_map_to_tokens(lm):
         pts[0].char_mask([(5, 500)])
     with pytest.raises(IhsError):
         find_span(PROMPTS[0], "not there")
+    from ihs.data import load_builtin
+
+    goals = load_builtin("malicious")[:3]
+    jail = [r for r in load_builtin("jailbreak") if r.tags["goal_id"] in {g.id for g in goals}]
+    contrast = load_builtin("contrast")[:2]
+    spans = marked_spans(jail + contrast + PROMPTS[:1], goals)
+    assert spans[-1] is None and all(s is not None for s in spans[:-1])
+    for record, (a, b) in zip(jail + contrast, spans[:-1], strict=False):
+        marked = record.text[a:b]
+        assert marked in {g.text for g in goals} or marked.casefold() == record.tags["trigger"].casefold()
     raw = tokenize_prompts(lm, PROMPTS[:1], chat=False)[0]
     assert all(raw.user) and "".join(raw.tokens) == PROMPTS[0]
 

@@ -37,7 +37,7 @@ from ihs.explain.faithfulness import (
 )
 from ihs.explain.heatmap import token_heatmap_html
 from ihs.explain.targets import LensTarget, ProbeTarget, RefusalTarget, emotion_target, refusal_target
-from ihs.explain.tokens import PromptTokens, find_span, tokenize_prompts
+from ihs.explain.tokens import PromptTokens, find_span, marked_spans, tokenize_prompts
 
 __all__ = [
     "AttentionOptions",
@@ -61,6 +61,7 @@ __all__ = [
     "emotion_target",
     "find_span",
     "last_token_attention",
+    "marked_spans",
     "perturbation_curves",
     "randomisation_check",
     "refusal_target",

@@ -93,6 +93,29 @@ def find_span(prompt: str, needle: str) -> tuple[int, int]:
     return start, start + len(needle)
 
 
+def marked_spans(records: Sequence[Any], goals: Sequence[Any] = ()) -> list[tuple[int, int] | None]:
+    """The span to mark in each record, from what the built-in data already says.
+
+    A jailbreak record (tag ``goal_id``) marks its goal's text, looked up among ``goals`` (the malicious
+    records it was built from); a contrast record (tag ``trigger``) marks its trigger word (case-insensitive,
+    first occurrence). Anything else, or a text that cannot be found, gets ``None``.
+    """
+    by_id = {getattr(g, "id", None): prompt_text(g) for g in goals}
+    out: list[tuple[int, int] | None] = []
+    for record in records:
+        text = prompt_text(record)
+        tags = getattr(record, "tags", None) or (record.get("tags", {}) if isinstance(record, dict) else {})
+        span = None
+        goal = by_id.get(tags.get("goal_id"))
+        if goal and goal in text:
+            span = find_span(text, goal)
+        elif isinstance(tags.get("trigger"), str) and tags["trigger"]:
+            at = text.casefold().find(tags["trigger"].casefold())
+            span = (at, at + len(tags["trigger"])) if at >= 0 else None
+        out.append(span)
+    return out
+
+
 def prompt_text(prompt: Any) -> str:
     """The text of a prompt given as a string, a ``PromptRecord`` or a dict with ``text``/``prompt``."""
     if isinstance(prompt, str):
