@@ -376,6 +376,7 @@ def _callback_classes():
             self.enabled = enabled
             self.stack = contextlib.ExitStack()
             self.advance = None
+            self.shown = 0
 
         def on_train_begin(self, args, state, control, **kwargs):
             from ihs.progress import progress_bar
@@ -383,12 +384,13 @@ def _callback_classes():
             self.advance = self.stack.enter_context(
                 progress_bar(f"align {self.run.options.method}", total=state.max_steps, unit="steps",
                              enabled=self.enabled))
-            if state.global_step:
-                self.advance(state.global_step)
+            self.shown = 0
 
         def on_step_end(self, args, state, control, **kwargs):
-            if self.advance is not None:
-                self.advance(1)
+            # a resumed run's state (its global step) is loaded after on_train_begin: catch up here
+            if self.advance is not None and state.global_step > self.shown:
+                self.advance(state.global_step - self.shown)
+                self.shown = state.global_step
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             self.run.add_log(state.global_step, logs or {})
@@ -579,15 +581,19 @@ def train(model: str, data: str | Path | AlignData | Sequence[SFTExample] | Sequ
                            if directions is not None and options.association is not None else None)
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
-    export_cb, progress_cb = _callback_classes()
+    export_cb, progress_cls = _callback_classes()
+    progress_cb = progress_cls(run, options.progress)
     trainer.add_callback(export_cb(run))
-    trainer.add_callback(progress_cb(run, options.progress))
+    trainer.add_callback(progress_cb)
     for cb in callbacks:
         trainer.add_callback(cb)
     if resume is None and options.save_initial and not (out / "checkpoints" / "step-000000").is_dir():
         run.export(trainer.model, 0)
-    with _quiet():
-        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    try:
+        with _quiet():
+            trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    finally:
+        progress_cb.stack.close()  # an interrupted run must not leave the live bar running
     step = int(trainer.state.global_step)
     return TrainResult(out, list_checkpoints(out), step, run.log_rows, resume_step)
 
