@@ -18,16 +18,14 @@ import time
 
 import torch
 
+from ihs.batching import EXTRACT_BATCH_COST, auto_batch_tokens, plan_batches
 from ihs.bench import _matmul_params, matmul_ceiling_gflops
 from ihs.data.prepare import prepare
 from ihs.extract import (
-    EXTRACT_BATCH_COST,
     ExtractOptions,
     _lens_topk_rows,
-    auto_batch_tokens,
     forward_last_states,
     lens_topk,
-    plan_batches,
     plan_extraction,
     shared_prefix_ids,
 )

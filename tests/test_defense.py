@@ -10,6 +10,7 @@ from conftest import make_tiny
 from ihs.errors import IhsError
 from ihs.formatting import format_prompt
 from ihs.generation import GenerateOptions
+from ihs.hooks import active_hooks
 from ihs.interventions.defense import (
     ConditionalSteering,
     DefenseSetting,
@@ -19,7 +20,6 @@ from ihs.interventions.defense import (
     defend,
     evaluate,
 )
-from ihs.interventions.hooks import active_hooks
 from ihs.interventions.steering import SteeringDirections, compute_directions, split_ids
 from ihs.store import ActivationStore
 

@@ -19,8 +19,9 @@ from conftest import make_tiny, save_tiny
 from ihs.errors import ModelError
 from ihs.extract import ExtractOptions, extract
 from ihs.generation import GenerateOptions, generate
+from ihs.hooks import Edit, active_hooks
+from ihs.hooks import Hooks as Intervention
 from ihs.interventions.grafting import graft_intervention, last_states
-from ihs.interventions.hooks import Edit, Intervention, active_hooks
 from ihs.models.devices import execution_device, parse_device_map, parse_max_memory, parse_size, placement
 from ihs.models.loading import load_model
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from conftest import FAMILIES, alternating_records, make_tiny
+from ihs.batching import plan_batches
 from ihs.errors import DataError, StoreError
-from ihs.extract import ExtractOptions, _lens_topk_rows, extract, lens_topk, plan_batches
+from ihs.extract import ExtractOptions, _lens_topk_rows, extract, lens_topk
 from ihs.formatting import format_prompt
 from ihs.store import ActivationStore
 

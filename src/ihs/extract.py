@@ -1,9 +1,10 @@
 """Batched forward passes that keep only what the analyses read: last-position states and lens top-k.
 
-Hooks on the decoder blocks gather the last real token of every prompt as the
-batch flows through, so no full-sequence activations are ever kept; the logit
-lens decodes only those L+1 vectors per prompt. Prompts are sorted by length
-and cut into batches under a token budget, so padding stays small. Batches are
+Hooks on the decoder blocks (:mod:`ihs.hooks`) gather the last real token of every
+prompt as the batch flows through, so no full-sequence activations are ever kept;
+the logit lens decodes only those L+1 vectors per prompt. Prompts are sorted by
+length and cut into batches under a token budget (:mod:`ihs.batching`), so padding
+stays small. Batches are
 right-padded and the last real token is gathered by index, which keeps
 positions identical to an unbatched run.
 """
@@ -15,10 +16,9 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ import numpy as np
 import torch
 
 import ihs
+from ihs.batching import EXTRACT_BATCH_COST, as_record_dict, auto_batch_tokens, plan_batches
 from ihs.errors import StoreError
 from ihs.formatting import FormattedPrompt, format_prompt, uses_chat
-from ihs.models.anatomy import block_output
-from ihs.models.devices import execution_device, used_devices
+from ihs.hooks import Edit, Hooks
+from ihs.models.devices import execution_device
 from ihs.models.loading import LoadedModel
 from ihs.prefix_cache import SharedPrefix, build_shared_prefix, shared_prefix_length
 from ihs.progress import console, progress_bar
@@ -50,56 +51,6 @@ class ExtractOptions:
     store_dtype: str = "float32"
     shard_mb: float = 32.0
     shared_prefix: bool = True  # run the tokens every prompt opens with once (see ihs.prefix_cache)
-
-
-def as_record_dict(record: Any) -> dict[str, Any]:
-    """A prompt record (``PromptRecord`` or mapping) as a plain dict."""
-    if is_dataclass(record):
-        return asdict(record)
-    return dict(record)
-
-
-class LastTokenRecorder:
-    """Forward hooks that keep each block's state at the last real position of every prompt."""
-
-    def __init__(self, lm: LoadedModel) -> None:
-        self.blocks = lm.anatomy.blocks
-        self.last_index: torch.Tensor | None = None
-        self.states: list[torch.Tensor | None] = [None] * (len(self.blocks) + 1)
-        self._handles: list[Any] = []
-
-    def _gather(self, hidden: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return hidden[rows, self.last_index.to(hidden.device)].detach()
-
-    def __enter__(self) -> LastTokenRecorder:
-        def pre_hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            self.states[0] = self._gather(hidden)
-
-        def make_hook(index: int):
-            def hook(module, args, output):
-                self.states[index] = self._gather(block_output(output))
-
-            return hook
-
-        try:
-            self._handles.append(self.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
-            for i, block in enumerate(self.blocks, start=1):
-                self._handles.append(block.register_forward_hook(make_hook(i)))
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def stacked(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """States as (B, L+1, d) on one device (blocks may live on several)."""
-        return torch.stack([s.to(device) for s in self.states], dim=1)
 
 
 def lens_topk(lm: LoadedModel, states: torch.Tensor, k: int, row_block: int = 2048,
@@ -207,10 +158,15 @@ def forward_last_states(lm: LoadedModel, batch_ids: Sequence[Sequence[int]],
         positions = (offset + torch.arange(width)).unsqueeze(0).expand(len(batch_ids), -1)
         kwargs = {"use_cache": True, "position_ids": positions.to(device),
                   **prefix.batch_kwargs(len(batch_ids))}
-    with LastTokenRecorder(lm) as recorder:
-        recorder.last_index = lengths - 1
+    with Hooks(lm, _record_every_layer(lm.num_layers), last_index=lengths - 1) as hooks:
         lm.anatomy.backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
-        return recorder.stacked("cpu")
+    return hooks.stacked("cpu")
+
+
+@functools.cache
+def _record_every_layer(num_layers: int) -> tuple[Edit, ...]:
+    """Record the last real token's state at layers 0..L (built once per depth, not per batch)."""
+    return tuple(Edit(layer, "record") for layer in range(num_layers + 1))
 
 
 def shared_prefix_ids(plan: ExtractPlan, options: ExtractOptions) -> list[int] | None:
@@ -244,87 +200,6 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
-
-
-def _free_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError):
-        return 4 * 2**30
-
-
-def auto_batch_tokens(lm: LoadedModel, longest: int) -> int:
-    """A padded-token budget per batch that fits in a fifth of free memory.
-
-    Only one block's transient activations are alive at a time (states are
-    gathered at the last position and the rest is freed), so the cost per token
-    is roughly the block's widest intermediates plus the attention scores row.
-    """
-    config = lm.model.config
-    d = lm.hidden_size
-    inter = int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d)
-    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 16))
-    itemsize = torch.tensor([], dtype=lm.dtype).element_size()
-    per_token = itemsize * (8 * d + 3 * inter + 2 * heads * max(longest, 1))
-    devices = used_devices(lm)  # under a device map: the tightest device bounds the batch
-    budget = int(0.2 * min(_free_memory_bytes(d) for d in devices) / per_token)
-    cap = 65536 if any(d.type == "cuda" for d in devices) else 8192
-    return max(longest, min(budget, cap))
-
-
-# A batch's fixed cost (hooks, cache copies, small-matrix inefficiency) in padded tokens: the
-# trade between fewer, wider batches and less padding that plan_batches(batch_cost=...) makes.
-EXTRACT_BATCH_COST = 64
-
-
-def plan_batches(lengths: Sequence[int], rows: Sequence[int], batch_size: int, max_batch_tokens: int,
-                 batch_cost: int | None = None) -> list[list[int]]:
-    """Sort rows by length and cut them into batches bounded by size and padded token count.
-
-    Without ``batch_cost`` the cut is greedy (fill each batch to a bound). With it,
-    the cuts are chosen by dynamic programming to minimise padded tokens plus
-    ``batch_cost`` per batch: on the paper's 200 prompts through SmolLM2 the
-    greedy cut pads 12% of the tokens it runs, this one under 4%.
-    """
-    order = sorted(rows, key=lambda r: (lengths[r], r))
-    if batch_cost is not None:
-        return _min_cost_batches([lengths[r] for r in order], order, batch_size, max_batch_tokens, batch_cost)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for row in order:
-        width = max(lengths[row], max((lengths[r] for r in current), default=0))
-        if current and (len(current) + 1 > batch_size or width * (len(current) + 1) > max_batch_tokens):
-            batches.append(current)
-            current = []
-        current.append(row)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def _min_cost_batches(widths: Sequence[int], order: Sequence[int], batch_size: int, max_batch_tokens: int,
-                      batch_cost: int) -> list[list[int]]:
-    """Optimal cut of a length-sorted list: a batch ``order[i:j]`` costs ``widths[j-1] * (j-i) + batch_cost``."""
-    n = len(order)
-    best = np.zeros(n + 1)
-    cut = np.zeros(n + 1, dtype=np.int64)
-    for j in range(1, n + 1):
-        width = widths[j - 1]
-        # a lone over-budget prompt still gets a batch of its own
-        lo = max(0, j - max(1, batch_size), j - max(1, max_batch_tokens // max(width, 1)))
-        starts = np.arange(lo, j)
-        costs = best[lo:j] + width * (j - starts) + batch_cost
-        pick = int(np.argmin(costs))  # the first minimum: the widest batch among equal costs
-        best[j], cut[j] = costs[pick], starts[pick]
-    batches = []
-    j = n
-    while j > 0:
-        batches.append(list(order[int(cut[j]) : j]))
-        j = int(cut[j])
-    return batches[::-1]
 
 
 def _plan_fingerprint(lm: LoadedModel, records: list[dict[str, Any]], formatted: list[FormattedPrompt],

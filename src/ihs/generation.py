@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import torch
 
+from ihs.batching import as_record_dict, plan_batches
 from ihs.errors import IhsError
-from ihs.extract import as_record_dict, plan_batches
 from ihs.formatting import format_prompt, uses_chat
 from ihs.models.loading import LoadedModel
 from ihs.progress import progress_bar
@@ -232,7 +232,7 @@ def generate_batch(
 ) -> list[list[int]]:
     """Greedy continuation of one left-padded batch; returns each row's new ids, cut after EOS.
 
-    ``intervention`` (an active :class:`ihs.interventions.hooks.Intervention`) is told
+    ``intervention`` (an active :class:`ihs.hooks.Hooks`) is told
     that a new prompt pass starts, so prompt-only edits hit this batch's prompt pass.
     """
     width = max(len(ids) for ids in batch_ids)
@@ -297,7 +297,7 @@ def generate(
 ) -> GenerationRun:
     """Generate greedily for every record (dicts or PromptRecords with id, text, label) and judge refusal.
 
-    ``intervention_for(rows)`` may return a context manager (an ``Intervention``)
+    ``intervention_for(rows)`` may return a context manager (an :class:`ihs.hooks.Hooks`)
     to apply while generating the batch holding those record indices; it sees the
     prompts left-padded, so ``positions="last"`` is each prompt's last token.
     """

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ihs.errors import StoreError
-from ihs.models.anatomy import block_output
+from ihs.hooks import Edit, run_with_hooks
 from ihs.models.devices import execution_device
 from ihs.models.loading import LoadedModel
 from ihs.progress import progress_bar
@@ -93,40 +93,6 @@ def tuned_lens_dir(store_path: str | Path) -> Path:
 
 
 # -- gathering training states -------------------------------------------------------------------
-
-class _AllPositionRecorder:
-    """Hooks that keep every layer boundary's states at chosen (row, position) pairs of a batch."""
-
-    def __init__(self, lm: LoadedModel) -> None:
-        self.blocks = lm.anatomy.blocks
-        self.rows: torch.Tensor | None = None
-        self.cols: torch.Tensor | None = None
-        self.states: list[torch.Tensor | None] = [None] * (len(self.blocks) + 1)
-        self.handles: list[Any] = []
-
-    def _keep(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden[self.rows.to(hidden.device), self.cols.to(hidden.device)].detach().float().cpu()
-
-    def __enter__(self) -> _AllPositionRecorder:
-        def pre_hook(module, args, kwargs):
-            self.states[0] = self._keep(args[0] if args else kwargs["hidden_states"])
-
-        def make_hook(i: int):
-            def hook(module, args, output):
-                self.states[i] = self._keep(block_output(output))
-
-            return hook
-
-        self.handles.append(self.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
-        for i, block in enumerate(self.blocks, start=1):
-            self.handles.append(block.register_forward_hook(make_hook(i)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-
 
 @torch.inference_mode()
 def _continue(lm: LoadedModel, sequences: list[list[int]], new_tokens: int, batch_size: int) -> list[list[int]]:
@@ -191,7 +157,7 @@ def collect_states(
             width = max(len(s) for s in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            rows, cols = [], []
+            picked = torch.zeros((len(batch), width), dtype=torch.bool)  # row-major: rows, then sorted positions
             for r, s in enumerate(batch):
                 ids[r, : len(s)] = torch.tensor(s)
                 mask[r, : len(s)] = 1
@@ -199,16 +165,14 @@ def collect_states(
                 if len(candidates) == 0:
                     continue
                 take = rng.choice(candidates, size=min(positions_per_sequence, len(candidates)), replace=False)
-                rows.extend([r] * len(take))
-                cols.extend(sorted(int(c) for c in take))
-            if not rows:
+                picked[r, torch.from_numpy(take)] = True
+            if not picked.any():
                 advance(len(batch))
                 continue
-            with _AllPositionRecorder(lm) as rec:
-                rec.rows, rec.cols = torch.tensor(rows), torch.tensor(cols)
-                lm.anatomy.backbone(input_ids=ids.to(lm.input_device), attention_mask=mask.to(lm.input_device),
-                                    use_cache=False)
-                chunks.append(torch.stack(rec.states, dim=1))
+            edits = [Edit(layer, "record", positions=picked) for layer in range(lm.num_layers + 1)]
+            _, hooks = run_with_hooks(lm, edits, input_ids=ids.to(lm.input_device),
+                                      attention_mask=mask.to(lm.input_device), use_cache=False)
+            chunks.append(hooks.stacked("cpu").float())
             advance(len(batch))
     if not chunks:
         raise StoreError("no positions to train a tuned lens on (all texts are one token long?)")

@@ -1,7 +1,7 @@
 """Distributed extraction on Ray: actors load the model once, compute length-sorted work units, write shards.
 
 The driver plans exactly as :func:`ihs.extract.extract` does (same formatting,
-same length-sorted batches from :func:`ihs.extract.plan_batches`, same token
+same length-sorted batches from :func:`ihs.batching.plan_batches`, same token
 budget), groups consecutive batches into work units of about a shard each, and
 hands units to a pool of actors, longest first, one at a time per actor. Each
 actor runs :func:`ihs.extract.forward_last_states` and the logit lens on its
@@ -30,15 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from ihs.batching import EXTRACT_BATCH_COST, as_record_dict, plan_batches
 from ihs.errors import IhsError, StoreError
 from ihs.extract import (
-    EXTRACT_BATCH_COST,
     ExtractOptions,
     ExtractPlan,
     all_lens_ids,
-    as_record_dict,
     open_store,
-    plan_batches,
     rows_per_shard,
     shared_prefix_ids,
 )
@@ -119,7 +117,7 @@ class ExtractWorker:
         return plan_extraction(self.lm, records, self.options)
 
     def batch_budget(self, longest: int) -> int:
-        from ihs.extract import auto_batch_tokens
+        from ihs.batching import auto_batch_tokens
 
         return self.options.max_batch_tokens or auto_batch_tokens(self.lm, longest)
 

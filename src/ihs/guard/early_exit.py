@@ -1,10 +1,9 @@
 """Run a causal LM only up to one layer boundary and read the last real token's state there.
 
-A forward hook on the block that produces layer index ``l`` (block ``l``'s output, or the input
-of block 1 for ``l = 0``, the embedding output) gathers the last-position states and raises a
-private exception; the caller catches it, so blocks after ``l``, the final norm and the
-unembedding never run. Hooks are removed in ``finally`` whatever happens. The index convention is
-the store's (``ihs.store``): index 0 = embedding output, index l = output of decoder block l.
+The hook engine (:mod:`ihs.hooks`) records the last-position states at layer index ``l`` and
+stops the forward pass there (``stop_after``), so blocks after ``l``, the final norm and the
+unembedding never run; its hooks come off whatever happens. The index convention is the
+store's (``ihs.store``): index 0 = embedding output, index l = output of decoder block l.
 """
 
 from __future__ import annotations
@@ -15,12 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ihs.extract import plan_batches
-from ihs.models.anatomy import block_output
-
-
-class _StopForward(Exception):
-    """Raised from the hook once the wanted layer's state is recorded."""
+from ihs.batching import plan_batches
+from ihs.hooks import Edit, run_with_hooks
 
 
 def pad_right(batch_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -40,37 +35,16 @@ def pad_right(batch_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
 @torch.inference_mode()
 def states_at_layer(lm: Any, batch_ids: Sequence[Sequence[int]], layer: int) -> torch.Tensor:
     """Last-position states (B, d) at layer index ``layer``, stopping the forward pass there."""
-    blocks = lm.anatomy.blocks
-    if not 0 <= layer <= len(blocks):
-        raise ValueError(f"layer {layer} out of range 0..{len(blocks)}")
+    num_layers = lm.anatomy.num_layers
+    if not 0 <= layer <= num_layers:
+        raise ValueError(f"layer {layer} out of range 0..{num_layers}")
     input_ids, attention, last = pad_right(batch_ids, lm.tokenizer.pad_token_id or 0)
-    captured: dict[str, torch.Tensor] = {}
-
-    def gather(hidden: torch.Tensor) -> None:
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        captured["h"] = hidden[rows, last.to(hidden.device)].detach().to("cpu")
-        raise _StopForward
-
-    if layer == 0:
-        def pre_hook(module, args, kwargs):
-            gather(args[0] if args else kwargs["hidden_states"])
-
-        handle = blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
-    else:
-        def hook(module, args, output):
-            gather(block_output(output))
-
-        handle = blocks[layer - 1].register_forward_hook(hook)
     device = lm.input_device
-    try:
-        lm.anatomy.backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if "h" not in captured:  # pragma: no cover - a backbone that skipped its blocks
+    _, hooks = run_with_hooks(lm, [Edit(layer, "record")], last_index=last, stop_after=layer,
+                              input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
+    if layer not in hooks.recorded:  # pragma: no cover - a backbone that skipped its blocks
         raise RuntimeError(f"the forward pass never reached layer {layer}")
-    return captured["h"]
+    return hooks.recorded[layer].to("cpu")
 
 
 def states_at_layer_batched(lm: Any, ids: Sequence[Sequence[int]], layer: int, batch_size: int = 32,

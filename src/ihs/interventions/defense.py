@@ -11,7 +11,8 @@ are never written to, so their logits are bit-identical to the undefended
 model's, also inside a batch where other rows are steered. The decision is
 taken once, on the prompt pass; generated tokens do not re-score.
 
-Built on :class:`ihs.interventions.hooks.Intervention`: the same layer
+Built on the hook engine :class:`ihs.hooks.Hooks`: a ``read`` edit hands the
+guard its states, ``add`` edits limited to the flagged rows steer; the same layer
 convention (0 = embedding output, i = output of block i), the same pass
 counter, and the hooks come off on exit, also after an error.
 
@@ -30,11 +31,11 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from ihs.batching import as_record_dict
 from ihs.errors import IhsError
-from ihs.extract import as_record_dict
 from ihs.formatting import format_prompt, uses_chat
 from ihs.generation import GenerateOptions, GenerationRun, Judge, generate, load_judge, rate
-from ihs.interventions.hooks import Edit, Intervention
+from ihs.hooks import Edit, Hooks
 from ihs.interventions.steering import SteeringDirections, split_ids
 from ihs.models.loading import LoadedModel
 
@@ -135,8 +136,8 @@ def flag(guard: Scorer, states: np.ndarray, scores: np.ndarray) -> np.ndarray:
 # -- the intervention --------------------------------------------------------------------
 
 
-class ConditionalSteering(Intervention):
-    """Guard read + conditional steering in the same forward pass (a context manager, like Intervention).
+class ConditionalSteering(Hooks):
+    """Guard read + conditional steering in the same forward pass (a context manager, like Hooks).
 
     ``steer`` maps layer -> vector (d,) to add (already scaled). After the prompt pass,
     ``scores`` holds each row's guard probability and ``flagged`` the rows steered.
@@ -155,8 +156,11 @@ class ConditionalSteering(Intervention):
         if guard is not None and steer and int(guard.layer) > min(steer):
             raise IhsError(f"the guard reads layer {guard.layer}, after the first steered layer {min(steer)}: "
                            "steer only at the guard's layer or later (one forward pass)")
-        edits = [Edit(layer=int(guard.layer), op="read")] if guard is not None else []
-        edits += [Edit(layer=int(layer), op="add", value=vec, positions=positions, when=when)
+        # the guard reads the last prompt token first; then only flagged rows are written to
+        edits = [Edit(layer=int(guard.layer), op="read", fn=self._decide)] if guard is not None else []
+        where = position_mask.bool() if position_mask is not None else positions
+        rows = None if mode == "always" else self._steered_rows
+        edits += [Edit(layer=int(layer), op="add", value=vec, positions=where, when=when, rows=rows)
                   for layer, vec in sorted(steer.items())]
         super().__init__(lm, edits, last_index=last_index)
         self.guard, self.mode, self.when, self.positions = guard, mode, when, positions
@@ -169,48 +173,21 @@ class ConditionalSteering(Intervention):
         super().new_pass()
         self.scores = self.flagged = self._rows = None
 
-    def _decide(self, hidden: torch.Tensor) -> None:
-        rows, cols = self._index(hidden, "last")
-        states = hidden[rows, cols].detach().float().cpu().numpy()
+    def _decide(self, states: torch.Tensor) -> None:
+        """Score the last prompt token of every row (B, d) and mark the rows to steer."""
+        states = states.float().cpu().numpy()
         self.scores = np.asarray(self.guard.score_states(states), dtype=np.float64).reshape(-1)
-        if self.scores.shape[0] != hidden.shape[0]:
-            raise IhsError(f"the guard returned {self.scores.shape[0]} scores for {hidden.shape[0]} rows")
+        if self.scores.shape[0] != states.shape[0]:
+            raise IhsError(f"the guard returned {self.scores.shape[0]} scores for {states.shape[0]} rows")
         self.flagged = flag(self.guard, states, self.scores)
+        self._rows = None
 
-    def _steered_rows(self, batch: int, device: torch.device) -> torch.Tensor:
-        if self._rows is None or self._rows.device != device:
-            if self.mode == "always":
-                self._rows = torch.arange(batch, device=device)
-            elif self.flagged is None:
-                raise IhsError("steering ran before the guard scored the batch")
-            else:
-                self._rows = torch.from_numpy(np.flatnonzero(self.flagged)).to(device)
+    def _steered_rows(self) -> torch.Tensor:
+        if self.flagged is None:
+            raise IhsError("steering ran before the guard scored the batch")
+        if self._rows is None:
+            self._rows = torch.from_numpy(np.flatnonzero(self.flagged))
         return self._rows
-
-    def _apply(self, hidden: torch.Tensor, edits: list[Edit]) -> torch.Tensor:
-        out = hidden
-        for edit in edits:
-            if edit.op == "read":
-                if self.step == 0:
-                    self._decide(hidden)
-                continue
-            if edit.when == "prompt" and self.step != 0:
-                continue
-            rows = self._steered_rows(hidden.shape[0], hidden.device)
-            if rows.numel() == 0:
-                continue
-            if out is hidden:
-                out = hidden.clone()
-            vec = edit.value.to(device=out.device, dtype=out.dtype)
-            if self.step == 0 and self.position_mask is not None:
-                mask = self.position_mask.to(out.device)[rows].to(out.dtype)[..., None]
-                out[rows] = out[rows] + mask * vec
-            elif edit.positions == "last":
-                _, cols = self._index(out, "last")
-                out[rows, cols[rows]] = out[rows, cols[rows]] + vec
-            else:
-                out[rows] = out[rows] + vec
-        return out
 
 
 # -- settings and the Python API ---------------------------------------------------------

@@ -24,11 +24,12 @@ from typing import Any
 
 import torch
 
+from ihs.batching import as_record_dict, plan_batches
 from ihs.errors import IhsError
-from ihs.extract import as_record_dict, forward_last_states, plan_batches
+from ihs.extract import forward_last_states
 from ihs.formatting import format_prompt, uses_chat
 from ihs.generation import GenerateOptions, Judge, generate, load_judge, rate
-from ihs.interventions.hooks import Edit, Intervention
+from ihs.hooks import Edit, Hooks
 from ihs.layers import parse_layers
 from ihs.models.loading import LoadedModel
 from ihs.progress import progress_bar
@@ -61,9 +62,9 @@ def graft_intervention(lm: LoadedModel, layer: int, donor: torch.Tensor):
     ``donor`` is (d,) for a mean donor, or (N, d) with one row per target record.
     """
 
-    def factory(rows: list[int]) -> Intervention:
+    def factory(rows: list[int]) -> Hooks:
         value = donor if donor.ndim == 1 else donor[rows]
-        return Intervention(lm, [Edit(layer=layer, op="replace", value=value, positions="last", when="prompt")])
+        return Hooks(lm, [Edit(layer=layer, op="replace", value=value, positions="last", when="prompt")])
 
     return factory
 
