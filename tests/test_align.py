@@ -10,6 +10,7 @@ import torch
 
 from conftest import _config, make_tokenizer, save_tiny
 from ihs.align.association import AssociationLoss, AssociationOptions, Directions, compute_directions
+from ihs.align.checkpoints import list_checkpoints
 from ihs.align.data import (
     DataOptions,
     DPOPair,
@@ -18,14 +19,14 @@ from ihs.align.data import (
     evaluation_split,
     goal_key,
     is_eval_goal,
-    load_dpo,
-    load_sft,
     project_answers,
     split_records,
     training_split,
 )
+from ihs.align.encoding import encode, resolve_chat_template
+from ihs.align.files import load_dpo, load_sft
 from ihs.align.texts import COMPLIANT_OPENINGS, REFUSALS
-from ihs.align.train import LoraOptions, TrainOptions, encode, list_checkpoints, resolve_chat_template, train
+from ihs.align.train import LoraOptions, TrainOptions, train
 from ihs.data.builtin import load_builtin
 from ihs.errors import DataError, IhsError
 from ihs.generation import PhraseJudge

@@ -9,6 +9,7 @@ starts. The data card is ``ihs/align/DATA.md``.
 """
 
 from ihs.align.association import AssociationOptions
+from ihs.align.checkpoints import list_checkpoints
 from ihs.align.data import (
     AlignData,
     DataOptions,
@@ -19,12 +20,11 @@ from ihs.align.data import (
     evaluation_split,
     goal_key,
     is_eval_goal,
-    load_dpo,
-    load_sft,
     split_records,
     training_split,
 )
-from ihs.align.train import LoraOptions, TrainOptions, TrainResult, list_checkpoints, train
+from ihs.align.files import load_dpo, load_sft
+from ihs.align.train import LoraOptions, TrainOptions, TrainResult, train
 
 __all__ = [
     "AlignData",

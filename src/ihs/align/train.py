@@ -37,7 +37,6 @@ import hashlib
 import json
 import logging
 import re
-import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +47,7 @@ from typing import Any
 import torch
 
 from ihs.align.association import AssociationLoss, AssociationOptions, Directions, compute_directions
+from ihs.align.checkpoints import export_checkpoint, list_checkpoints, versions
 from ihs.align.data import (
     AlignData,
     DPOPair,
@@ -55,9 +55,10 @@ from ihs.align.data import (
     SplitOptions,
     evaluation_split,
     goal_key,
-    load_examples,
 )
-from ihs.align.texts import IHS_CHAT_TEMPLATE
+from ihs.align.encoding import encode, resolve_chat_template, trainer_rows
+from ihs.align.files import load_examples
+from ihs.align.trainers import Collate, trainer_classes
 from ihs.data.records import prompt_id
 from ihs.errors import DataError, IhsError
 from ihs.io import read_json, write_json, write_jsonl
@@ -70,7 +71,6 @@ METHODS = ("sft", "dpo")
 TEMPLATES = ("auto", "model", "ihs")
 #: options that may change between a run and its resumption
 _RESUMABLE = ("max_steps", "save_every", "progress", "threads", "keep_states")
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -151,209 +151,7 @@ class TrainResult:
         return float(losses[-1]) if losses else None
 
 
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """The exported checkpoints of a run, ``(step, folder)`` by step (complete ones only)."""
-    root = Path(run_dir) / "checkpoints"
-    found = []
-    if root.is_dir():
-        for child in root.iterdir():
-            m = _STEP_DIR.match(child.name)
-            if m and (child / "ihs_align.json").is_file():
-                found.append((int(m.group(1)), child))
-    return sorted(found)
-
-
-# -- chat template and encoding ------------------------------------------------------------------------
-
-
-def resolve_chat_template(tokenizer: Any, choice: str, model_name: str = "the model") -> str:
-    """Set the template training uses on ``tokenizer``; returns ``model`` or ``ihs`` (whose template it is)."""
-    has_own = bool(getattr(tokenizer, "chat_template", None))
-    if choice == "ihs" or (choice == "auto" and not has_own):
-        tokenizer.chat_template = IHS_CHAT_TEMPLATE
-        return "ihs"
-    if not has_own:
-        raise IhsError(f"{model_name} has no chat template (a base model?) and chat_template='model' allows no "
-                       "other; use chat_template='auto' or 'ihs' for ihs's plain User:/Assistant: template")
-    return "model"
-
-
-def _messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
-    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return [*msgs, {"role": "user", "content": prompt}]
-
-
-def answer_ids(tokenizer: Any, prompt_text: str, prompt: str, answer: str, *, system_prompt: str | None,
-               stop_ids: Sequence[int]) -> list[int]:
-    """Token ids of ``answer`` as the chat template renders an assistant turn after the prompt, cut after
-    its first end-of-turn token (or ended with EOS when the template adds none)."""
-    full = tokenizer.apply_chat_template([*_messages(prompt, system_prompt), {"role": "assistant", "content": answer}],
-                                         tokenize=False)
-    rest = full[len(prompt_text):] if full.startswith(prompt_text) else answer
-    ids = list(tokenizer(rest, add_special_tokens=False)["input_ids"])
-    stops = set(stop_ids)
-    for i, token in enumerate(ids):
-        if token in stops:
-            return ids[: i + 1]
-    eos = tokenizer.eos_token_id
-    return [*ids, eos] if eos is not None else ids
-
-
-@dataclass
-class Encoded:
-    """Tokenized examples: prompt ids (exactly as the analyses format them), answers, and which are malicious."""
-
-    prompts: list[list[int]]
-    answers: list[list[int]]
-    rejected: list[list[int]] | None
-    malicious: list[bool]
-    kept: list[int]
-    dropped: int
-
-
-def encode(examples: Sequence[SFTExample] | Sequence[DPOPair], tokenizer: Any, *, max_length: int,
-           system_prompt: str | None, stop_ids: Sequence[int]) -> Encoded:
-    """Tokenize examples for training; an example that cannot fit ``max_length`` is dropped (and counted)."""
-    from ihs.formatting import format_prompt
-
-    prompts, answers, rejected, malicious, kept = [], [], [], [], []
-    is_dpo = bool(examples) and isinstance(examples[0], DPOPair)
-    dropped = 0
-    for n, ex in enumerate(examples):
-        first = format_prompt(tokenizer, ex.prompt, True, system_prompt)
-        good = answer_ids(tokenizer, first.text, ex.prompt, ex.chosen if is_dpo else ex.completion,
-                          system_prompt=system_prompt, stop_ids=stop_ids)
-        bad = (answer_ids(tokenizer, first.text, ex.prompt, ex.rejected, system_prompt=system_prompt,
-                          stop_ids=stop_ids) if is_dpo else [])
-        longest = max(len(good), len(bad))
-        budget = max_length - min(longest, max_length // 2)
-        fp = first if len(first.ids) <= budget else format_prompt(tokenizer, ex.prompt, True, system_prompt, budget)
-        room = max_length - len(fp.ids)
-        if room < 1 or len(fp.ids) < 1:
-            dropped += 1
-            continue
-        prompts.append(list(fp.ids))
-        answers.append(good[:room])
-        rejected.append(bad[:room])
-        malicious.append(ex.malicious)
-        kept.append(n)
-    return Encoded(prompts, answers, rejected if is_dpo else None, malicious, kept, dropped)
-
-
-def _rows(enc: Encoded) -> list[dict[str, Any]]:
-    rows = []
-    for i, prompt in enumerate(enc.prompts):
-        extra = {"assoc_pos": len(prompt) - 1, "assoc_flag": int(enc.malicious[i])}
-        if enc.rejected is None:
-            rows.append({"input_ids": prompt + enc.answers[i], "labels": [-100] * len(prompt) + enc.answers[i], **extra})
-        else:
-            rows.append({"prompt_ids": prompt, "chosen_ids": enc.answers[i], "rejected_ids": enc.rejected[i], **extra})
-    return rows
-
-
-# -- trainers with the association term ----------------------------------------------------------------
-
-_EXTRA = ("assoc_pos", "assoc_flag")
-
-
-class _Collate:
-    """trl's collator plus the two association columns (prompt's last position, malicious flag)."""
-
-    def __init__(self, base: Any) -> None:
-        self.base = base
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.base([{k: v for k, v in e.items() if k not in _EXTRA} for e in examples])
-        batch["assoc_pos"] = torch.tensor([int(e["assoc_pos"]) for e in examples], dtype=torch.long)
-        batch["assoc_flag"] = torch.tensor([int(e["assoc_flag"]) for e in examples], dtype=torch.long)
-        return batch
-
-
-def _loss_with_association(trainer: Any, parent_compute, model, inputs, return_outputs, num_items_in_batch):
-    positions = inputs.pop("assoc_pos", None)
-    flags = inputs.pop("assoc_flag", None)
-    assoc: AssociationLoss | None = getattr(trainer, "association", None)
-    if assoc is None or assoc.weight == 0 or positions is None or not model.training:
-        return parent_compute(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-    with assoc.capture():
-        result = parent_compute(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-    loss = result[0] if return_outputs else result
-    # in a DPO batch the rows are [chosen..., rejected...]: the flags cover the first half, whose
-    # prompt states equal the second half's (the same prompt, a causal model)
-    term = assoc(positions, flags)
-    scaled = getattr(trainer, "loss_is_scaled_for_ga", None)
-    if scaled is None:
-        scaled = (getattr(trainer, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None) or (
-            getattr(trainer, "compute_loss_func", None) is not None)
-    steps = trainer.current_gradient_accumulation_steps if scaled else 1
-    loss = loss + assoc.weight * term / steps
-    trainer._metrics["train"]["assoc_loss"].append(float(term.detach()))
-    return (loss, *result[1:]) if return_outputs else loss
-
-
-def _trainer_classes():
-    from trl import DPOTrainer, SFTTrainer
-
-    class IhsSFTTrainer(SFTTrainer):
-        association: AssociationLoss | None = None
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return _loss_with_association(self, super().compute_loss, model, inputs, return_outputs,
-                                          num_items_in_batch)
-
-    class IhsDPOTrainer(DPOTrainer):
-        association: AssociationLoss | None = None
-
-        def _prepare_dataset(self, dataset, *args, **kwargs):  # ihs tokenizes itself (formatting.format_prompt)
-            return dataset
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return _loss_with_association(self, super().compute_loss, model, inputs, return_outputs,
-                                          num_items_in_batch)
-
-    return IhsSFTTrainer, IhsDPOTrainer
-
-
 # -- checkpoints, progress and log -------------------------------------------------------------------------
-
-
-def _versions() -> dict[str, str]:
-    import peft
-    import transformers
-    import trl
-
-    import ihs
-
-    return {"ihs": getattr(ihs, "__version__", "unknown"), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__}
-
-
-def export_checkpoint(model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any]) -> Path:
-    """Write ``model`` (LoRA merged into a copy) and ``tokenizer`` as a model folder with ``ihs_align.json``.
-
-    The folder is written beside its place and renamed into it, so a folder that exists is complete.
-    """
-    from peft import PeftModel
-
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    from transformers.utils import logging as hf_logging
-
-    merged = copy.deepcopy(model).merge_and_unload() if isinstance(model, PeftModel) else model
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    write_json(tmp / "ihs_align.json", meta)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    return folder
 
 
 def _callback_classes():
@@ -524,14 +322,14 @@ def train(model: str, data: str | Path | AlignData | Sequence[SFTExample] | Sequ
                  stop_ids=eos_ids(lm))
     if not enc.prompts:
         raise DataError(f"no example fits max_length={options.max_length}")
-    rows = _rows(enc)
+    rows = trainer_rows(enc)
     used = [examples[i] for i in enc.kept]
     data_digest = _digest(rows)
     key = {"base": lm.fingerprint(), "data": data_digest, "chat_template": template, "options": _run_key(options)}
     _prepare_folder(out, key)
     write_json(out / "run.json", {"format": RUN_FORMAT, "key": key, "model": model, "base_name": lm.name,
                                   "base_identity": lm.identity, "examples": len(used), "dropped": enc.dropped,
-                                  "versions": _versions()})
+                                  "versions": versions()})
     write_jsonl(out / "data" / f"{options.method}.jsonl", [ex.to_dict() for ex in used])
     if manifest:
         write_json(out / "data" / "data.json", manifest)
@@ -564,7 +362,7 @@ def train(model: str, data: str | Path | AlignData | Sequence[SFTExample] | Sequ
             "train_goals": sorted({ex.goal for ex in used}),
         },
         "association": directions.info if directions is not None else None,
-        "versions": _versions(),
+        "versions": versions(),
     }
     old_log = out / "log.jsonl"
     log_rows: list[dict[str, Any]] = []
@@ -615,7 +413,7 @@ def _build_trainer(lm: Any, rows: list[dict[str, Any]], options: TrainOptions, o
     from trl.trainer.dpo_trainer import DataCollatorForPreference
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    sft_cls, dpo_cls = _trainer_classes()
+    sft_cls, dpo_cls = trainer_classes()
     use_cpu = options.device == "cpu" or (options.device is None and not torch.cuda.is_available())
     common = dict(
         output_dir=str(out / "trainer"), max_steps=options.max_steps, per_device_train_batch_size=options.batch_size,
@@ -641,7 +439,7 @@ def _build_trainer(lm: Any, rows: list[dict[str, Any]], options: TrainOptions, o
     if options.method == "sft":
         args = SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True})
         return sft_cls(model=lm.model, args=args, train_dataset=dataset, processing_class=lm.tokenizer,
-                       peft_config=peft_config, data_collator=_Collate(DataCollatorForLanguageModeling(pad_id)))
+                       peft_config=peft_config, data_collator=Collate(DataCollatorForLanguageModeling(pad_id)))
     args = DPOConfig(**common, beta=options.beta)
     ref = None
     if peft_config is None:
@@ -650,4 +448,4 @@ def _build_trainer(lm: Any, rows: list[dict[str, Any]], options: TrainOptions, o
             p.requires_grad_(False)
     return dpo_cls(model=lm.model, ref_model=ref, args=args, train_dataset=dataset, processing_class=lm.tokenizer,
                    peft_config=peft_config,
-                   data_collator=_Collate(DataCollatorForPreference(pad_id, max_length=options.max_length)))
+                   data_collator=Collate(DataCollatorForPreference(pad_id, max_length=options.max_length)))
