@@ -70,7 +70,8 @@ def planted_model(feature: int = 31):
     """A tiny Llama in which only the token " help" can write hidden dimension ``feature``.
 
     Embeddings: dimension ``feature`` is zero for every token but the trigger, whose embedding is
-    that axis alone (with a typical token's norm, so its distance to the baseline is not special).
+    that axis alone (with a typical token's norm, so its distance to the baseline is not special), and
+    the unused <unk>, its opposite (so the vocabulary's mean, the default baseline, has none of it).
     Each block: value channel 0 of key/value head 0 reads only that dimension, the output projection
     writes it back only from that channel (query heads 0 and 1 share the key/value head), and the MLP
     never writes it. So the last token's state along ``feature`` is the attention it pays to the
@@ -86,6 +87,9 @@ def planted_model(feature: int = 31):
         emb[:, feature] = 0
         emb[trig[0]] = 0
         emb[trig[0], feature] = typical
+        unk = lm.tokenizer.unk_token_id  # never in a prompt: it cancels the trigger in the vocabulary's mean,
+        emb[unk] = 0                     # so the "mean" baseline carries no trace of the feature
+        emb[unk, feature] = -typical
         for block in lm.anatomy.blocks:
             v, o = block.self_attn.v_proj.weight, block.self_attn.o_proj.weight
             v[:, feature] = 0

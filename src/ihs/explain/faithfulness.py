@@ -12,10 +12,13 @@ stay) or dropped from the sequence (``mode="drop"``). The chat template is never
   unigram+bigram logistic regression (``ihs.analysis.surface.BagOfWordsBaseline``) fitted on
   training prompts (a bigram's weight is split between its two words).
 
-Areas under the curves (trapezoid over the fraction of user tokens, in the target's units; and
-normalised per prompt to ``(v - v_empty) / (v_full - v_empty)``) summarise them: a faithful order
-makes the deletion curve fall faster (lower area) and the insertion curve rise faster (higher area)
-than random order.
+Tokens are ranked in the direction the user's tokens move the target: when their scores sum to a
+positive number (by completeness, f(x) > f(x')) the highest scores go first, otherwise the lowest, and
+the bag-of-words order follows the same sign. Areas under the curves (trapezoid over the fraction of
+user tokens) are given in the target's units and normalised per prompt, ``(v - v_empty) / (v_full -
+v_empty)``, which runs from 1 (all user tokens) to 0 (none) whichever way the target moves: a faithful
+order makes the normalised deletion curve fall faster (lower area) and the insertion curve rise faster
+(higher area) than random order.
 
 **Randomised weights** (:func:`randomisation_check`, after Adebayo et al.'s sanity checks): the
 decoder blocks' matrices are re-initialised (seeded normal, the config's ``initializer_range``;
@@ -153,7 +156,9 @@ class FaithfulnessResult:
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        """Mean areas per curve and order (raw and normalised), and how often attribution beats random."""
+        """Mean areas per curve and order (raw and normalised), and the share of prompts whose attribution
+        order beats random order on the normalised areas (prompts where removing every user token leaves
+        the target unchanged are left out)."""
         out: dict[str, Any] = {"prompts": len(self.items)}
         for curve in ("deletion", "insertion"):
             per: dict[str, Any] = {}
@@ -164,11 +169,13 @@ class FaithfulnessResult:
                 per[order] = {"auc": float(np.nanmean(raw)) if raw else None,
                               "auc_normalised": float(np.nanmean(norm)) if norm and np.isfinite(norm).any() else None}
             out[curve] = per
-        better = {"deletion": [], "insertion": []}
+        better: dict[str, list[bool]] = {"deletion": [], "insertion": []}
         for it in self.items:
-            if "random" in it["auc"]["deletion"] and it["n_user"] > 0:
-                better["deletion"].append(it["auc"]["deletion"]["attribution"] < it["auc"]["deletion"]["random"])
-                better["insertion"].append(it["auc"]["insertion"]["attribution"] > it["auc"]["insertion"]["random"])
+            norm = it["auc_normalised"]
+            if it["n_user"] == 0 or not np.isfinite(norm["deletion"].get("attribution", np.nan)):
+                continue
+            better["deletion"].append(norm["deletion"]["attribution"] < norm["deletion"]["random"])
+            better["insertion"].append(norm["insertion"]["attribution"] > norm["insertion"]["random"])
         out["attribution_beats_random"] = {k: float(np.mean(v)) if v else None for k, v in better.items()}
         return out
 
@@ -234,43 +241,58 @@ def perturbation_curves(
     xs = input_rows(lm, pts)
     rng = np.random.default_rng(options.seed)
     orders = ["attribution", "random"] + (["bow"] if bow is not None else [])
+    n = common_prefix(pts, limit_to_user=True)
+    prefix = build_prefix(lm, pts[0].ids[:n]) if n else None
+    # The end points first: which way removing the user's tokens moves the target sets the ranking sign.
+    ends: list[torch.Tensor] = []
+    for pt, x in zip(pts, xs, strict=True):
+        _RowBank(ends, x, vec, options.mode)(frozenset(pt.user_positions))
+    empty_values = score_rows(lm, target, ends, batch_size=options.batch_size,
+                              max_batch_tokens=options.max_batch_tokens, prefix=prefix)
+    full_values = score_rows(lm, target, xs, batch_size=options.batch_size,
+                             max_batch_tokens=options.max_batch_tokens, prefix=prefix)
     rows: list[torch.Tensor] = []
     plans = []
-    for pt, it, x in zip(pts, attributions.items, xs, strict=True):
+    for pt, it, x, full, empty in zip(pts, attributions.items, xs, full_values, empty_values, strict=True):
         user = pt.user_positions
         scores = np.asarray(it.scores, dtype=np.float64)
+        # Highest scores first when the user's tokens raise the target, lowest first when they lower it.
+        sign = 1.0 if full >= empty else -1.0
         ranked: dict[str, list[list[int]]] = {
-            "attribution": [sorted(user, key=lambda i: (-scores[i], i))],
+            "attribution": [sorted(user, key=lambda i: (-sign * scores[i], i))],
             "random": [list(rng.permutation(user)) for _ in range(options.random_orders)],
         }
         if bow is not None:
             weights = bow.token_scores(pt)
             tie = rng.permutation(len(pt))
-            ranked["bow"] = [sorted(user, key=lambda i: (-weights[i], tie[i]))]
+            ranked["bow"] = [sorted(user, key=lambda i: (-sign * weights[i], tie[i]))]
         ks = _grid(len(user), options.steps)
         row_for = _RowBank(rows, x, vec, options.mode)
-        plan: dict[str, Any] = {"ks": ks, "n_user": len(user), "deletion": {}, "insertion": {},
-                                "full": row_for(frozenset()), "empty": row_for(frozenset(user))}
+        # the end points are known: mark them so they are not scored twice
+        row_for.cache[()] = -1
+        row_for.cache[tuple(sorted(user))] = -2
+        plan: dict[str, Any] = {"ks": ks, "n_user": len(user), "direction": sign, "deletion": {}, "insertion": {},
+                                "full": float(full), "empty": float(empty)}
         for order, perms in ranked.items():
             plan["deletion"][order] = [[row_for(frozenset(p[:k])) for k in ks] for p in perms]
             plan["insertion"][order] = [[row_for(frozenset(p[k:])) for k in ks] for p in perms]
         plans.append(plan)
-    n = common_prefix(pts, limit_to_user=True)
-    prefix = build_prefix(lm, pts[0].ids[:n]) if n else None
-    values = np.empty(len(rows))
+    scored = np.empty(len(rows))
     chunk = max(options.batch_size * 8, 1)
     with progress_bar("perturbations", total=len(rows), unit="rows", enabled=options.progress) as advance:
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
-            values[start:start + len(part)] = score_rows(lm, target, part, batch_size=options.batch_size,
+            scored[start:start + len(part)] = score_rows(lm, target, part, batch_size=options.batch_size,
                                                          max_batch_tokens=options.max_batch_tokens, prefix=prefix)
             advance(len(part))
     items = []
     for it, plan in zip(attributions.items, plans, strict=True):
         x = np.asarray(plan["ks"], dtype=np.float64) / max(plan["n_user"], 1)
-        full, empty = float(values[plan["full"]]), float(values[plan["empty"]])
+        full, empty = plan["full"], plan["empty"]
+        values = np.concatenate([scored, [empty, full]])  # row -2 is the empty input, -1 the full one
         span = full - empty
-        entry: dict[str, Any] = {"prompt": it.prompt, "n_user": plan["n_user"], "fractions": x.tolist(),
+        entry: dict[str, Any] = {"prompt": it.prompt, "n_user": plan["n_user"], "direction": plan["direction"],
+                                 "fractions": x.tolist(),
                                  "full": full, "empty": empty, "deletion": {}, "insertion": {},
                                  "auc": {"deletion": {}, "insertion": {}},
                                  "auc_normalised": {"deletion": {}, "insertion": {}}}
