@@ -42,6 +42,8 @@ def _register() -> None:
     app.add_typer(defend.app, name="defend", help="Probe-conditioned steering defense: direction, evaluate, sweep.")
     from ihs.cli import guard
     app.add_typer(guard.app, name="guard", help="Probe-based harmful-request detector: fit, score, eval, serve.")
+    from ihs.cli import align
+    app.add_typer(align.app, name="align", help="Align models (SFT, DPO) and track their checkpoints.")
 
 
 _register()
