@@ -30,12 +30,97 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            check_arguments(fn, kwargs)
             return fn(*args, **kwargs)
         except IhsError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            typer.secho(f"error: {one_line(str(exc))}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+# -- checks every command gets, by parameter name ---------------------------------------------------------------
+
+POSITIVE = frozenset({"k", "batch_size", "limit", "max_batch_tokens", "max_length", "max_new_tokens", "max_prompts",
+                      "max_prompt_chars", "max_prompt_tokens", "max_body_bytes", "max_batch_prompts", "ray_actors",
+                      "ray_threads", "per_class", "donor_limit", "tuned_limit", "gen_batch"})
+FILE_OUTS = frozenset({"ihs.cli.guard.score_cmd"})  # commands whose --out is a file, not a folder
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line (an error message must not spill a traceback-like block)."""
+    return " ".join(text.split())
+
+
+def check_arguments(fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """The shared rules for a command's arguments, applied before it runs (see :func:`guarded`)."""
+    for name in POSITIVE & kwargs.keys():
+        value = kwargs[name]
+        if value is not None and not isinstance(value, bool) and value <= 0:
+            raise IhsError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if kwargs.get("device") is not None:
+        check_device(kwargs["device"])
+    if kwargs.get("port") is not None:
+        check_port(kwargs["port"])
+    if kwargs.get("data"):
+        from ihs.data.classes import check_data_specs
+
+        check_data_specs(kwargs["data"])
+    out = kwargs.get("out")
+    if isinstance(out, Path):
+        if f"{fn.__module__}.{fn.__qualname__}" in FILE_OUTS:
+            out_file(out)
+        else:
+            check_out_dir(out)
+
+
+def available_devices() -> list[str]:
+    """The devices torch can use here: cpu, cuda:0.. and mps when present."""
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(device: str) -> str:
+    """``device`` when torch has it here; else a one-line error naming the devices that exist."""
+    found = available_devices()
+    if device not in found:
+        raise IhsError(f"--device {device!r} is not available here; available: {', '.join(found)}")
+    return device
+
+
+def check_port(port: int) -> int:
+    """A TCP port number, 1..65535."""
+    if not 1 <= int(port) <= 65535:
+        raise IhsError(f"--port must be between 1 and 65535, got {port}")
+    return int(port)
+
+
+def check_out_dir(path: Path) -> Path:
+    """An output folder that is absent or a folder (nothing is created)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise IhsError(f"--out {path} is a file; give a folder (it is created if absent)")
+    return path
+
+
+def out_file(path: Path) -> Path:
+    """An output file: absent or a file, in a folder that exists (or can be created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IhsError(f"--out {path} is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise IhsError(f"--out {path}: {parent} is a file, not a folder")
+            break
+    return path
 
 
 class Typer(typer.Typer):
@@ -97,17 +182,21 @@ def csv(text: str | None) -> list[str] | None:
 
 def out_dir(path: Path) -> Path:
     """An output folder: created if absent; an existing file is refused."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise IhsError(f"--out {path} is a file; give a folder (it is created if absent)")
-    path.mkdir(parents=True, exist_ok=True)
+    path = check_out_dir(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IhsError(f"--out {path} cannot be created: {exc.strerror or exc}") from None
     return path
 
 
 def cleaning_line(report: dict[str, Any]) -> str:
     """One line saying what data preparation kept and dropped per class."""
+    from rich.markup import escape
+
     parts = []
     for label, c in report["cleaning"].items():
+        label = escape(str(label))
         dropped = c["empty"] + c["dup_within"] + c["dup_across"]
         parts.append(f"{label}: {c['kept']} kept" + (f" ({dropped} dropped: {c['empty']} empty, "
                      f"{c['dup_within']} duplicate, {c['dup_across']} in another class)" if dropped else ""))

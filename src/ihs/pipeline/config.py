@@ -10,7 +10,6 @@ missing keys take the defaults.
 from __future__ import annotations
 
 import dataclasses
-import re
 import textwrap
 import types
 import typing
@@ -19,6 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ihs.data.classes import check_class_names
 from ihs.errors import IhsError
 from ihs.models.handle import ModelOptions
 from ihs.workflows import steps
@@ -107,9 +107,7 @@ class _RunConfigMethods:
         if self.model.dtype not in DTYPES:  # type: ignore[attr-defined]
             raise IhsError(f"config: model.dtype must be one of {', '.join(DTYPES)}, "
                            f"got {self.model.dtype!r}")  # type: ignore[attr-defined]
-        for name in self.data:  # type: ignore[attr-defined]
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-                raise IhsError(f"config: data name {name!r} must be letters, digits, '_', '.' or '-'")
+        check_class_names(list(self.data), where="config: data")  # type: ignore[attr-defined]
         for step in steps():
             section = getattr(self, step.name, None)
             if section is not None and hasattr(section, "validate"):
