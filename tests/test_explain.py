@@ -38,8 +38,8 @@ from ihs.explain.concepts import (
     _p_value,
     direction_cosines,
     last_token_states,
-    state_gradients,
 )
+from ihs.explain.gradients import state_gradients
 from ihs.explain.targets import COMPLIANCE_OPENINGS, REFUSAL_OPENINGS
 from ihs.generation import REFUSAL_PHRASES
 
@@ -370,7 +370,7 @@ def test_tcav_finds_a_planted_direction_and_not_its_opposite(lm):
     rng = np.random.default_rng(0)
     w = rng.normal(size=lm.hidden_size)
     probe = ProbeTarget(w, 0.0, 2)
-    grads, _ = state_gradients(lm, PROMPTS, probe, [1, 2], options=ConceptOptions(**QUIET))
+    grads, _ = state_gradients(lm, PROMPTS, probe, [1, 2], **QUIET)
     np.testing.assert_allclose(grads[:, 1], np.tile(w, (3, 1)), rtol=1e-5)  # d(h.w)/dh = w
     layers = [2]
     ctrl = rng.normal(size=(20, 1, lm.hidden_size))
