@@ -34,7 +34,8 @@ from ihs.models.devices import execution_device
 from ihs.models.loading import LoadedModel
 from ihs.prefix_cache import SharedPrefix, build_shared_prefix, shared_prefix_length
 from ihs.progress import console, progress_bar
-from ihs.store import ActivationStore, StoreWriter, read_manifest, shard_files
+from ihs.store import FORMAT_VERSION, ActivationStore, StoreWriter, read_manifest, shard_files
+from ihs.store_integrity import LOCK
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class ExtractOptions:
     truncate: bool = True
     store_dtype: str = "float32"
     shard_mb: float = 32.0
+    shard_rows: int = 64  # a shard also ends after this many rows, so a kill loses little work
     shared_prefix: bool = True  # run the tokens every prompt opens with once (see ihs.prefix_cache)
 
 
@@ -217,7 +219,7 @@ def _plan_fingerprint(lm: LoadedModel, records: list[dict[str, Any]], formatted:
 def build_manifest(lm: LoadedModel, options: ExtractOptions, chat: bool, n: int, plan_fp: str,
                    datasets: list[str]) -> dict[str, Any]:
     return {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "ihs_version": ihs.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": {**lm.identity, "name": lm.name, "fingerprint": lm.fingerprint(), "dtype": str(lm.dtype).replace("torch.", "")},
@@ -287,14 +289,15 @@ def open_store(out: str | Path, plan: ExtractPlan, options: ExtractOptions, over
             raise StoreError(f"output directory {out} cannot be used: {reason}; choose another --out or pass --overwrite")
         if reason and overwrite:
             _clear_store(out)
-    elif out.exists() and any(out.iterdir()) and not overwrite:
+    elif out.exists() and any(p.name != LOCK for p in out.iterdir()) and not overwrite:
         raise StoreError(f"output directory {out} is not empty and holds no store; choose another --out")
     return StoreWriter(out, plan.manifest, plan.planned, store_dtype=options.store_dtype)
 
 
 def rows_per_shard(num_layers: int, hidden_size: int, options: ExtractOptions) -> int:
+    """Rows per shard: under ``shard_mb`` megabytes and at most ``shard_rows`` rows."""
     bytes_per_row = (num_layers + 1) * hidden_size * np.dtype(options.store_dtype).itemsize
-    return max(1, int(options.shard_mb * 2**20 // bytes_per_row))
+    return max(1, min(int(options.shard_rows or 10**9), int(options.shard_mb * 2**20 // bytes_per_row)))
 
 
 def extract(
@@ -355,6 +358,7 @@ def extract_to(
 def _clear_store(out: Path) -> None:
     for shard in shard_files(out / "shards"):
         shard.unlink()
+        shard.with_suffix(".sha256").unlink(missing_ok=True)
     for name in ("manifest.json", "prompts.jsonl", "lens_tokens.json"):
         (out / name).unlink(missing_ok=True)
 
@@ -383,6 +387,8 @@ def _run(lm, plan: ExtractPlan, todo, options, progress, sink, rows_per_shard) -
         for batch in batches:
             states = forward_last_states(lm, [formatted[r].ids for r in batch], prefix)
             ids, logits = lens_topk(lm, states, options.k)
+            if pending and sum(len(p[0]) for p in pending) + len(batch) > rows_per_shard:
+                flush()  # shards end on batch boundaries: a resumed run batches the rest as an uninterrupted one
             pending.append((batch, states, ids, logits))
             n_tokens += sum(lengths[r] for r in batch)
             n_padded += len(batch) * (max(lengths[r] for r in batch) - (prefix.length if prefix is not None else 0))

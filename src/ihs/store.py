@@ -1,17 +1,29 @@
 """ActivationStore: every layer's last-token state and logit-lens top-k, on disk.
 
-Layout of a store directory::
+Layout of a store directory (format version 2)::
 
-    manifest.json        model identity, formatting, shapes, options, status
+    manifest.json        model identity, formatting, shapes, options, status; when complete, ``shards``:
+                         {file name: {"sha256": hex digest of the file, "rows": n}} for every shard
     prompts.jsonl        the planned prompts, one record per row, in row order
     shards/*.safetensors rows, hidden (n, L+1, d), lens_ids / lens_logits (n, L+1, k);
                          per-row formatting details in the file's metadata
+    shards/*.sha256      the sha256 of the shard of the same name (written before the shard appears)
     lens_tokens.json     decoded text of every token id that appears in lens_ids
+    .lock                while a writer runs: its pid and host (JSON); a second writer refuses
+    quarantine/          shards found damaged on resume, moved aside (their rows are recomputed)
 
-Each shard is written to a temporary name and renamed into place, so a killed
-process leaves either a whole shard or none; a re-run reads which rows exist
-and computes only the rest. Layer index 0 is the embedding output (the input
-of block 1) and index i the output of decoder block i, before the final norm.
+Each shard is written to a temporary name, its checksum file is written, and the
+shard is renamed into place, so a killed process leaves either a whole, checksummed
+shard or none. Shards are cut by rows (``ExtractOptions.shard_rows``, 64) as well as
+bytes, so a kill loses at most one shard of work. A re-run verifies every shard
+against its checksum, moves a damaged or unverifiable one to ``quarantine/`` (naming
+it), and computes only the missing rows. Loading a complete store verifies every
+shard against the manifest's table; any difference is a one-line :class:`StoreError`.
+The manifest must be a JSON object with at least ``model``, ``num_layers``,
+``hidden_size`` and ``status``. Stores of format version 1 (no checksums) still load.
+
+Layer index 0 is the embedding output (the input of block 1) and index i the output
+of decoder block i, before the final norm.
 """
 
 from __future__ import annotations
@@ -31,12 +43,25 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from ihs.errors import StoreError
+from ihs.store_integrity import (
+    SHARDS,
+    StoreLock,
+    checksum_file,
+    file_sha256,
+    one_line,
+    quarantine_damaged,
+    read_done_rows,
+    recorded_sha256,
+    shard_files,
+    shard_rows,
+    verify_shards,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 PROMPTS = "prompts.jsonl"
-SHARDS = "shards"
 LENS_TOKENS = "lens_tokens.json"
+REQUIRED_KEYS = {"model": dict, "num_layers": int, "hidden_size": int, "status": str}
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -46,13 +71,43 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The store's manifest (None when there is none); a malformed one is a one-line :class:`StoreError`."""
     manifest = Path(path) / MANIFEST
     if not manifest.exists():
         return None
     try:
-        return json.loads(manifest.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise StoreError(f"{manifest} is not valid JSON: {exc}") from exc
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{manifest} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise StoreError(f"{manifest} cannot be read: {exc.strerror or exc}") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"{manifest} must hold a JSON object, not a {type(data).__name__}; "
+                         "the store is damaged: re-extract it")
+    for key, kind in REQUIRED_KEYS.items():
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise StoreError(f"{manifest} has no valid {key!r} ({kind.__name__}); the store is damaged: "
+                             "re-extract it")
+    if not isinstance(data.get("shards", {}), dict):
+        raise StoreError(f"{manifest}: 'shards' must be an object; the store is damaged: re-extract it")
+    return data
+
+
+def store_problem(path: str | Path) -> str | None:
+    """Why the store at ``path`` is not complete and intact (None when it is): what a cache check asks."""
+    path = Path(path)
+    try:
+        manifest = read_manifest(path)
+        if manifest is None:
+            return f"no {MANIFEST}"
+        if manifest.get("status") != "complete":
+            return f"status {manifest.get('status')!r}"
+        n_planned = len(_read_prompts(path / PROMPTS))
+        verify_shards(path, manifest)
+        n_rows = sum(len(shard_rows(s)) for s in shard_files(path / SHARDS))
+    except StoreError as exc:
+        return str(exc)
+    return None if n_rows == n_planned else f"{n_rows} of {n_planned} rows present"
 
 
 @dataclass
@@ -171,6 +226,8 @@ class ActivationStore:
         if manifest is None:
             raise StoreError(f"{path} is not an activation store (no {MANIFEST})")
         planned = _read_prompts(path / PROMPTS)
+        if manifest.get("status") == "complete":
+            verify_shards(path, manifest)
         rows, hidden, lens_ids, lens_logits, extras = _read_shards(path / SHARDS)
         n_planned = len(planned)
         if len(rows) != len(set(rows.tolist())):
@@ -206,23 +263,14 @@ class ActivationStore:
 def _read_prompts(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise StoreError(f"store is missing {path.name}")
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def shard_files(shard_dir: Path) -> list[Path]:
-    if not shard_dir.is_dir():
-        return []
-    return sorted(p for p in shard_dir.glob("shard-*.safetensors"))
-
-
-def read_done_rows(shard_dir: Path) -> set[int]:
-    """Rows already present in complete shards (for resuming)."""
-    done: set[int] = set()
-    for shard in shard_files(shard_dir):
-        with safe_open(str(shard), framework="numpy") as fh:
-            done.update(int(r) for r in fh.get_tensor("rows"))
-    return done
+    try:
+        with path.open(encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"store file {path} is unreadable ({one_line(exc)}); re-extract the store") from None
+    if not all(isinstance(r, dict) and "text" in r and "label" in r for r in rows):
+        raise StoreError(f"store file {path} holds a row that is not a prompt record; re-extract the store")
+    return rows
 
 
 def _read_shards(shard_dir: Path):
@@ -237,8 +285,9 @@ def _read_shards(shard_dir: Path):
                     lens_ids.append(fh.get_tensor("lens_ids"))
                     lens_logits.append(fh.get_tensor("lens_logits"))
                 meta = fh.metadata() or {}
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise StoreError(f"shard {shard} is unreadable ({exc}); delete it and re-run to recompute") from exc
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
+            raise StoreError(f"shard {shard} is unreadable ({one_line(exc)}); re-run the extract command "
+                             "to recompute it") from None
         extras.extend(json.loads(meta.get("rows_info", "[]")))
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0, 0), np.float32), None, None, []
@@ -264,7 +313,12 @@ class StoreWriter:
         self._error: BaseException | None = None
         self._next_shard = 0
         self._thread: threading.Thread | None = None
-        self._prepare(records)
+        self.lock = StoreLock(self.path).acquire()
+        try:
+            self._prepare(records)
+        except BaseException:
+            self.lock.release()
+            raise
 
     @staticmethod
     def compatible(existing: dict[str, Any], manifest: dict[str, Any]) -> str | None:
@@ -287,6 +341,15 @@ class StoreWriter:
             _atomic_write_text(self.path / PROMPTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             self.manifest["status"] = "in_progress"
             _atomic_write_text(self.path / MANIFEST, json.dumps(self.manifest, indent=2))
+        else:
+            from ihs.progress import console
+
+            moved = quarantine_damaged(self.path, existing, say=lambda m: console.print(f"warning: {m}",
+                                                                                       markup=False))
+            if moved:
+                existing["status"] = "in_progress"
+                existing.pop("shards", None)
+                _atomic_write_text(self.path / MANIFEST, json.dumps(existing, indent=2))
         existing_shards = shard_files(self.shard_dir)
         if existing_shards:
             self._next_shard = int(existing_shards[-1].stem.split("-")[1]) + 1
@@ -338,10 +401,17 @@ class StoreWriter:
 
     def close(self, lens_tokens: dict[int, str] | None = None, complete: bool = True,
               stats: dict[str, Any] | None = None) -> None:
-        """Flush pending shards; when complete, write lens tokens and mark the manifest complete."""
-        self.flush()
-        if not complete:
-            return
+        """Flush pending shards; when complete, write lens tokens, the shards' checksums and mark it complete.
+
+        The lock is released in every case."""
+        try:
+            self.flush()
+            if complete:
+                self._complete(lens_tokens, stats)
+        finally:
+            self.lock.release()
+
+    def _complete(self, lens_tokens: dict[int, str] | None, stats: dict[str, Any] | None) -> None:
         if lens_tokens is not None:
             tokens_path = self.path / LENS_TOKENS
             merged: dict[str, str] = {}
@@ -353,6 +423,12 @@ class StoreWriter:
         manifest["status"] = "complete"
         manifest["completed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         manifest["n_prompts"] = len(_read_prompts(self.path / PROMPTS))
+        manifest["format_version"] = FORMAT_VERSION
+        table = {}
+        for shard in shard_files(self.shard_dir):
+            digest = recorded_sha256(shard) or file_sha256(shard)
+            table[shard.name] = {"sha256": digest, "rows": len(shard_rows(shard))}
+        manifest["shards"] = table
         if stats:
             manifest.setdefault("runs", []).append(stats)
         _atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=2))
@@ -370,6 +446,7 @@ def write_shard(shard_dir: Path, index: int, rows: np.ndarray, hidden: np.ndarra
         "lens_logits": np.ascontiguousarray(lens_logits, dtype=np.float32),
     }
     save_file(tensors, str(tmp), metadata={"rows_info": json.dumps(rows_info, ensure_ascii=False)})
+    _atomic_write_text(checksum_file(final), file_sha256(tmp) + "\n")  # the checksum lands before the shard
     os.replace(tmp, final)
     return final
 

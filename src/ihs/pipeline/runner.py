@@ -32,6 +32,7 @@ from ihs.models.handle import ModelHandle
 from ihs.pipeline.config import default_config
 from ihs.pipeline.layout import RunLayout, slug
 from ihs.progress import console
+from ihs.store import MANIFEST, store_problem
 from ihs.workflows import steps
 from ihs.workflows.base import Skip, Step, StepContext
 
@@ -169,7 +170,9 @@ def _run_model(config: Any, layout: RunLayout, index: dict[str, Any], handle: Mo
 def _cached(folder: Path, key: str) -> dict[str, Any] | None:
     previous = read_step(folder)
     if (previous and previous.get("key") == key and previous.get("status") == "done"
-            and all((folder / o).exists() for o in previous.get("outputs", []))):
+            and all((folder / o).exists() for o in previous.get("outputs", []))
+            and not any(store_problem((folder / o).parent) for o in previous.get("outputs", [])
+                        if Path(o).name == MANIFEST)):  # a store must be complete and intact to count as cached
         return previous
     return None
 

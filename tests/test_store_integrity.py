@@ -1,0 +1,99 @@
+"""Store integrity: shard checksums, quarantine on resume, manifest schema, the writer lock, row-cut shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import alternating_records
+from ihs.errors import StoreError
+from ihs.extract import ExtractOptions, extract, rows_per_shard
+from ihs.store import ActivationStore, StoreWriter, read_manifest, store_problem
+from ihs.store_integrity import StoreLock, shard_files
+
+TEXTS = [f"prompt number {i} " * (1 + i % 3) for i in range(12)]
+OPTS = ExtractOptions(batch_size=2, shard_rows=4)
+
+
+@pytest.fixture
+def store(tmp_path, tiny_llama):
+    out = tmp_path / "store"
+    extract(tiny_llama, alternating_records(TEXTS), out, OPTS, progress=False)
+    return out
+
+
+def test_shards_cut_by_rows_and_checksums_recorded(store):
+    manifest = read_manifest(store)
+    shards = shard_files(store / "shards")
+    assert len(shards) == 3 and manifest["format_version"] == 2
+    assert set(manifest["shards"]) == {s.name for s in shards}
+    assert all(entry["rows"] == 4 and len(entry["sha256"]) == 64 for entry in manifest["shards"].values())
+    assert store_problem(store) is None and not (store / ".lock").exists()
+    assert rows_per_shard(2, 32, ExtractOptions()) == 64
+
+
+def test_damaged_shard_is_named_on_load_and_recomputed_on_resume(store, tiny_llama, capsys):
+    reference = ActivationStore.load(store)
+    victim = shard_files(store / "shards")[1]
+    victim.write_bytes(victim.read_bytes()[:-40])  # truncated
+    with pytest.raises(StoreError, match=victim.name):
+        ActivationStore.load(store)
+    assert victim.name in store_problem(store)
+    resumed = extract(tiny_llama, alternating_records(TEXTS), store, OPTS, progress=False)
+    assert victim.name in capsys.readouterr().err
+    assert (store / "quarantine").is_dir() and store_problem(store) is None
+    np.testing.assert_array_equal(resumed.hidden, reference.hidden)
+    assert resumed.ids == reference.ids
+
+
+def test_deleted_or_flipped_shard_is_a_problem(store):
+    shards = shard_files(store / "shards")
+    data = bytearray(shards[0].read_bytes())
+    data[-1] ^= 1
+    shards[0].write_bytes(bytes(data))
+    assert "checksum" in store_problem(store)
+    shards[0].unlink()
+    assert "missing" in store_problem(store)
+
+
+@pytest.mark.parametrize("text, match", [("[1, 2]", "JSON object"), ("{}", "'model'"), ("{", "not valid JSON"),
+                                         ('{"model": {}, "num_layers": 2, "hidden_size": 32, "status": 1}',
+                                          "'status'")])
+def test_manifest_schema(store, text, match):
+    (store / "manifest.json").write_text(text)
+    with pytest.raises(StoreError, match=match):
+        ActivationStore.load(store)
+    assert store_problem(store)
+
+
+def test_lock_refuses_a_live_writer_and_takes_over_a_dead_one(tmp_path, store, tiny_llama):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (store / ".lock").write_text(json.dumps({"pid": child.pid, "host": os.uname().nodename}))
+        with pytest.raises(StoreError, match=f"pid {child.pid}"):
+            extract(tiny_llama, alternating_records(TEXTS), store, OPTS, progress=False)
+    finally:
+        child.kill()
+        child.wait()
+    extract(tiny_llama, alternating_records(TEXTS), store, OPTS, progress=False)  # the holder is dead now
+    assert not (store / ".lock").exists()
+    lock = StoreLock(tmp_path / "x").acquire()
+    holder = json.loads(lock.file.read_text())
+    lock.file.write_text(json.dumps({**holder, "pid": 1}))  # pid 1 on this host: alive
+    with pytest.raises(StoreError, match="pid 1 "):
+        StoreLock(tmp_path / "x").acquire()
+    lock.release()
+    assert not (tmp_path / "x" / ".lock").exists()
+
+
+def test_writer_keeps_lock_until_closed(tmp_path):
+    manifest = {"model": {"id": "x", "fingerprint": "f"}, "num_layers": 1, "hidden_size": 2, "plan_fingerprint": "p"}
+    writer = StoreWriter(tmp_path / "s", manifest, [{"id": "a", "text": "a", "label": "x"}])
+    assert (tmp_path / "s" / ".lock").exists()
+    writer.close(complete=False)
+    assert not (tmp_path / "s" / ".lock").exists()
