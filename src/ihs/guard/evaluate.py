@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from ihs.data.validate import dedupe_key
-from ihs.errors import IhsError, StoreError
+from ihs.errors import DataError, IhsError, StoreError
 from ihs.guard.guard import Guard, auroc, calibrate_threshold, tpr_at_fpr
+from ihs.guard.holdout import by_kind
 
 FAMILY_TAG = "family"
 
@@ -60,6 +61,17 @@ def breakdown(records: Sequence[dict[str, Any]], y: np.ndarray, scores: np.ndarr
         sel = (families == fam) & y | ~y
         out["by_family"][fam] = detection_metrics(y[sel], scores[sel], flagged[sel])
     return out
+
+
+def require_both(name: str, records: Sequence[dict[str, Any]]) -> None:
+    """A one-line error unless ``records`` hold benign and malicious prompts (labels checked on the way)."""
+    from ihs.guard.grouping import binary_y
+
+    y = binary_y(records)
+    if not len(y) or y.all() or not y.any():
+        missing = "benign" if len(y) and y.all() else "malicious"
+        raise DataError(f"eval set {name} has no {missing} prompts ({int(y.sum())} malicious, {int((~y).sum())} "
+                        "benign); give both, e.g. --data normal=FILE --data malicious=FILE")
 
 
 def exclude_fitted(guard: Guard, records: Sequence[dict[str, Any]],
@@ -160,9 +172,11 @@ def evaluate_set(guard: Guard, name: str, records: Sequence[dict[str, Any]], dec
     prob = 1 / (1 + np.exp(-np.clip(d, -700, 700)))
     flagged = d > guard.threshold_logit
     out: dict[str, Any] = {"name": name, "n": len(recs), "guard": breakdown(recs, y, prob, flagged)}
+    out["guard"]["by_kind"] = by_kind(recs, y, d, guard.threshold_logit)
     if bow is not None:
         bp = bow.proba([r["text"] for r in recs])
         out["bow"] = breakdown(recs, y, bp, bp > bow.threshold)
+        out["bow"]["by_kind"] = by_kind(recs, y, bp, bow.threshold)
     if generations:
         both = np.asarray([str(r["id"]) in generations for r in recs])
         if both.any():
@@ -172,6 +186,16 @@ def evaluate_set(guard: Guard, name: str, records: Sequence[dict[str, Any]], dec
                                    "guard": breakdown(sub, y[both], prob[both], flagged[both]),
                                    "refusal": breakdown(sub, y[both], refused.astype(float), refused)}
     return out
+
+
+def _as_group(m: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A per-kind entry in the shape of a table row: a benign kind shows its FPR, a malicious kind its AUROC
+    (against every benign row of the set) and TPR, not the other class's rates."""
+    if m is None:
+        return None
+    if m.get("n") == m.get("n_benign"):
+        return {"n_benign": m.get("n"), "fpr": m.get("fpr")}
+    return {**m, "fpr": None, "accuracy": None}
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -186,15 +210,22 @@ def markdown_table(result: dict[str, Any]) -> str:
         rows = [("all", g["overall"], b and b["overall"])]
         rows += [(f"label {k}", v, b and b["by_label"].get(k)) for k, v in g["by_label"].items()]
         rows += [(f"family {k}", v, b and b["by_family"].get(k)) for k, v in g["by_family"].items()]
+        kinds = (g.get("by_kind") or {}).get("kind") or {}
+        bkinds = ((b or {}).get("by_kind") or {}).get("kind") or {}
+        rows += [(f"kind {k}", _as_group(v), b and _as_group(bkinds.get(k))) for k, v in kinds.items()]
         for group, m, bm in rows:
             if "auroc" not in m:
                 lines.append(f"| {s['name']} | {group} | 0/{m['n_benign']} | | | - / {f(m['fpr'])} | | | "
                              f"| - / {f(bm and bm['fpr'])} |")
                 continue
             lines.append(f"| {s['name']} | {group} | {m['n_malicious']}/{m['n_benign']} | {f(m['auroc'])} | "
-                         f"{f(m['tpr_at_1pct_fpr'])} | {f(m['tpr'])} / {f(m['fpr'])} | {f(m['accuracy'])} | "
+                         f"{f(m['tpr_at_1pct_fpr'])} | {f(m['tpr'])} / {f(m['fpr'])} | {f(m.get('accuracy'))} | "
                          f"{f(bm and bm['auroc'])} | {f(bm and bm['tpr_at_1pct_fpr'])} | "
                          f"{f(bm and bm['tpr'])} / {f(bm and bm['fpr'])} |")
+    if result.get("holdout"):
+        from ihs.guard.tables import holdout_markdown
+
+        lines += ["", holdout_markdown(result["holdout"])]
     ref = result.get("refusal")
     if ref:
         lines += ["", f"Refusal as a detector (judge {', '.join(ref['judge'])}, n = {ref['n']}): "

@@ -1,30 +1,31 @@
-"""A probe on one layer's last-token state, calibrated to a target false-positive rate: the guard.
+"""The guard: a calibrated probe on a model's hidden states, used as a harmful-request detector.
 
-The paper's first claim (early layers already separate malicious from normal prompts) makes a
-cheap detector: run the model only up to that layer, read the last-token state, apply a linear
-probe. ``Guard`` is that detector as an object:
+The paper's first claim (intermediate layers already separate malicious from normal prompts) makes a
+cheap detector: run the model only up to the layer it needs, read the state there, apply a probe.
+``Guard`` is that detector as an object. Its *kind* (:class:`ihs.guard.heads.Recipe`) says what it
+reads and how it decides:
 
-- ``Guard.fit_states(X, y, layer=...)``: the low-level constructor from one layer's states;
-- ``ihs.guard.fit.fit_guard(hidden, records, model_info)``: the whole recipe on an (N, L+1, d)
-  array: held-out test split, benign calibration split, layer and probe chosen by cross-validation
-  on the training split only, threshold calibrated for the target false-positive rate on the
-  calibration split;
-- ``score_states`` (pure numpy, no model), ``score(prompts)`` (early-exit forward pass, see
-  ``ihs.guard.early_exit``), ``save``/``load`` (probe weights in safetensors + a JSON card).
+- today's kind (card version 1, still the default from activation stores): the last token's state
+  at one layer, a linear probe (``logreg``, ``svm``, ``diffmean``) and a Platt sigmoid folded into
+  one vector and one bias, ``p = sigmoid(state . weight + bias)``;
+- the stronger kinds (card version 2): states pooled over the prompt's positions (last, mean, max,
+  exponential moving average) at one or several layers (concatenated or averaged), the model's own
+  refusal margin as extra features, and a linear or a small MLP head (:mod:`ihs.guard.features`,
+  :mod:`ihs.guard.heads`).
 
-Every probe is linear on standardised states (``logreg``, ``svm``, ``diffmean`` from
-``ihs.analysis.probes``), followed by a Platt sigmoid fitted on out-of-fold decision values, so the
-whole guard folds into one weight vector and one bias: ``p = sigmoid(x . w + b)``. A prompt is
-called malicious when ``p > threshold``.
+A prompt is called malicious when ``p > threshold`` (compared on the logit scale). Scoring prompts
+runs the blocks only up to the deepest layer the guard reads (early exit); ``score_states`` (one
+layer's last-token states, pure numpy) works for today's kind, ``decision_features`` for every kind.
+``save``/``load`` write and read the weights (safetensors) and a JSON card that names the model;
+``load`` with a model, ``attach`` and the server refuse any other model.
 
 Layer numbering is the store's: index 0 is the embedding output, index l the output of decoder
-block l (so scoring at layer l runs blocks 1..l and stops).
+block l (so a guard reading layer l runs blocks 1..l and stops).
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,128 +34,28 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 from scipy.special import expit
-from sklearn.base import clone
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 import ihs
 from ihs.analysis.probes import make_classifier
 from ihs.errors import DataError, IhsError, ModelError
+from ihs.guard.features import REFUSAL, Features, FeatureSpec
+from ihs.guard.heads import Head, Recipe, platt
+from ihs.guard.linear import BENIGN_LABELS as BENIGN_LABELS
+from ihs.guard.linear import MALICIOUS_LABELS as MALICIOUS_LABELS
+from ihs.guard.linear import PROBES as PROBES
+from ihs.guard.linear import label_array, linear_parts, oof_decision, quiet_fit
+from ihs.guard.metrics import auroc as auroc
+from ihs.guard.metrics import calibrate_by_kind
+from ihs.guard.metrics import calibrate_threshold as calibrate_threshold
+from ihs.guard.metrics import tpr_at_fpr as tpr_at_fpr
 from ihs.io import write_json
 from ihs.models.loading import model_ref
 
 CARD = "guard.json"
 WEIGHTS = "guard.safetensors"
-CARD_VERSION = 1
-PROBES: tuple[str, ...] = ("logreg", "svm", "diffmean")
-BENIGN_LABELS: tuple[str, ...] = ("normal", "contrast", "benign", "harmless")
-MALICIOUS_LABELS: tuple[str, ...] = ("malicious", "jailbreak", "harmful")
+CARD_VERSION = 2
 LAYER_CONVENTION = "0 = embedding output, l = output of decoder block l (before the final norm)"
-
-
-# -- metrics ----------------------------------------------------------------------------------
-
-
-def calibrate_threshold(benign_scores: Sequence[float], target_fpr: float) -> float:
-    """The lowest threshold t with share(benign_scores > t) <= target_fpr.
-
-    With n benign scores at most floor(target_fpr * n) of them lie strictly above t, so the rule
-    ``p > t`` meets the target on these scores exactly (ties included).
-    """
-    s = np.sort(np.asarray(benign_scores, dtype=np.float64))[::-1]
-    if len(s) == 0:
-        raise DataError("no benign prompts to calibrate the threshold on")
-    if not 0.0 <= target_fpr < 1.0:
-        raise IhsError(f"target FPR must be in [0, 1), got {target_fpr}")
-    allowed = int(np.floor(target_fpr * len(s) + 1e-9))
-    return float(s[allowed])
-
-
-def tpr_at_fpr(y: np.ndarray, scores: np.ndarray, fpr: float = 0.01) -> float:
-    """TPR at the threshold calibrated on this set's own benign scores for ``fpr`` (NaN without both classes)."""
-    y = np.asarray(y).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    if y.all() or not y.any():
-        return float("nan")
-    t = calibrate_threshold(scores[~y], fpr)
-    return float(np.mean(scores[y] > t))
-
-
-def auroc(y: np.ndarray, scores: np.ndarray) -> float:
-    y = np.asarray(y).astype(bool)
-    if y.all() or not y.any():
-        return float("nan")
-    return float(roc_auc_score(y, scores))
-
-
-# -- the guard --------------------------------------------------------------------------------
-
-
-def _linear_parts(pipeline: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(mean, scale, coef, intercept) of a fitted scaler + linear classifier pipeline."""
-    scaler = pipeline.named_steps["scale"]
-    clf = pipeline.named_steps["clf"]
-    if hasattr(clf, "direction_"):
-        coef, intercept = np.asarray(clf.direction_, dtype=np.float64), -float(clf.threshold_)
-    elif hasattr(clf, "coef_"):
-        coef = np.asarray(clf.coef_, dtype=np.float64).reshape(-1)
-        intercept = float(np.asarray(clf.intercept_).reshape(-1)[0])
-    else:
-        raise IhsError(f"{type(clf).__name__} is not a linear probe; the guard needs one of {', '.join(PROBES)}")
-    scale = np.asarray(scaler.scale_, dtype=np.float64)
-    return np.asarray(scaler.mean_, dtype=np.float64), scale, coef, intercept
-
-
-def _quiet_fit(est: Any, X: np.ndarray, y: np.ndarray) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return est.fit(X, y)
-
-
-def oof_decision(X: np.ndarray, y: np.ndarray, classifier: str, folds: int, seed: int,
-                  groups: np.ndarray | None = None) -> np.ndarray:
-    """Out-of-fold decision values (toward malicious) of ``classifier`` on (X, y)."""
-    splitter = (StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed) if groups is not None
-                else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
-    out = np.full(len(y), np.nan)
-    proto = make_classifier(classifier, "cv", seed)
-    with threadpool_limits(limits=1, user_api="blas"):
-        for tr, te in splitter.split(X, y, groups):
-            if len(np.unique(y[tr])) < 2:
-                continue
-            est = _quiet_fit(clone(proto), X[tr], y[tr])
-            out[te] = est.decision_function(X[te])
-    return out
-
-
-def _platt(decision: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Slope and offset of a sigmoid fitted to decision values (Platt scaling)."""
-    ok = np.isfinite(decision)
-    if ok.sum() < 4 or len(np.unique(y[ok])) < 2:
-        return 1.0, 0.0
-    lr = LogisticRegression(C=1.0, max_iter=1000).fit(decision[ok, None], y[ok])
-    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
-
-
-def _binary(y: Sequence[Any]) -> np.ndarray:
-    arr = np.asarray(y)
-    if arr.dtype.kind in "biu":
-        if not np.isin(arr, [0, 1]).all():
-            raise DataError("labels must be 0 (benign) / 1 (malicious), booleans, or known label names")
-        return arr.astype(np.int64)
-    out = []
-    for v in arr.tolist():
-        if v in MALICIOUS_LABELS:
-            out.append(1)
-        elif v in BENIGN_LABELS:
-            out.append(0)
-        else:
-            raise DataError(f"label {v!r} is neither benign ({', '.join(BENIGN_LABELS)}) nor malicious "
-                            f"({', '.join(MALICIOUS_LABELS)})")
-    return np.asarray(out, dtype=np.int64)
 
 
 def _as_numpy(states: Any) -> np.ndarray:
@@ -165,12 +66,14 @@ def _as_numpy(states: Any) -> np.ndarray:
 
 @dataclass
 class Guard:
-    """A calibrated linear probe on the last-token state at ``layer``.
+    """A calibrated probe on a model's hidden states (see the module docstring for the kinds).
 
-    ``weight`` and ``bias`` are the folded probe (scaler, linear classifier and Platt sigmoid):
-    ``p(malicious) = sigmoid(state . weight + bias)``; the unfolded parts are kept for inspection.
-    ``model`` holds the model's name, reference (how to load it again), identity and fingerprint,
-    dtype, formatting (chat, system prompt, max length), num_layers and hidden_size.
+    ``layer`` is the deepest layer the guard reads (where the forward pass stops); ``recipe`` its kind
+    (default: today's, the last-token state at ``layer`` with a linear probe); ``head`` the fitted head
+    (linear heads also come folded as ``weight`` and ``bias``: ``logit = x . weight + bias``); ``spec``
+    the feature settings (EMA half-life, first pooled position, refusal token ids). ``model`` holds the
+    model's name, reference (how to load it again), identity and fingerprint, dtype, formatting (chat,
+    system prompt, max length), num_layers and hidden_size.
     """
 
     layer: int
@@ -184,11 +87,23 @@ class Guard:
     card: dict[str, Any] = field(default_factory=dict)
     threshold_logit: float | None = None
     lm: Any = field(default=None, repr=False)
+    recipe: Recipe | None = None
+    head: Head | None = field(default=None, repr=False)
+    spec: FeatureSpec | None = None
 
     def __post_init__(self) -> None:
         if self.threshold_logit is None:
             t = min(max(float(self.threshold), 1e-300), 1 - 1e-16)
             self.threshold_logit = float(np.log(t) - np.log1p(-t))
+        if self.recipe is None:
+            self.recipe = Recipe(layers=(int(self.layer),), pooling="last", head=self.classifier)
+        self.layer = self.recipe.deepest
+        self.classifier = self.recipe.head
+        if self.head is not None and self.recipe.linear:
+            self.weight, self.bias = self.head.folded()
+        if self.spec is None:
+            self.spec = FeatureSpec()
+        self.weight = np.asarray(self.weight, dtype=np.float64)
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -204,12 +119,52 @@ class Guard:
         return self.model.get("fingerprint")
 
     @property
+    def kind(self) -> str:
+        """The guard's kind as a short name, e.g. ``last@17/logreg`` or ``mean@12+16/mlp+refusal``."""
+        return self.recipe.name
+
+    @property
     def hidden_size(self) -> int:
-        return int(self.weight.shape[0])
+        if self.recipe.legacy:
+            return int(self.weight.shape[0])
+        if self.model.get("hidden_size"):
+            return int(self.model["hidden_size"])
+        width = self.head.width if self.head is not None else int(self.weight.shape[0])
+        k = len(self.recipe.layers)
+        width -= k if self.recipe.refusal else 0
+        return width // k if self.recipe.combine == "concat" else width
+
+    def feature_spec(self) -> FeatureSpec:
+        """What one forward pass must compute for this guard."""
+        needs = self.recipe.needs()
+        return FeatureSpec(pooled={k: v for k, v in needs.items() if k != REFUSAL},
+                           refusal_layers=needs.get(REFUSAL, []), ema_halflife=self.spec.ema_halflife,
+                           pool_start=self.spec.pool_start, refusal_ids=list(self.spec.refusal_ids),
+                           compliance_ids=list(self.spec.compliance_ids))
 
     # -- scoring without a model ------------------------------------------------------------
+    def decision_design(self, X: np.ndarray) -> np.ndarray:
+        """Logits for design rows of the guard's kind (:meth:`ihs.guard.heads.Recipe.design`)."""
+        if self.recipe.linear:
+            return np.asarray(X, dtype=np.float64) @ self.weight + self.bias
+        return self.head.logit(X)
+
+    def decision_features(self, feats: Features) -> np.ndarray:
+        """Logits for prompts' features (:class:`ihs.guard.features.Features` holding what the kind reads)."""
+        X = self.recipe.design(feats)
+        want = self.head.width if self.head is not None else self.weight.shape[0]
+        if X.shape[1] != want:
+            raise IhsError(f"features give rows of width {X.shape[1]}; this guard ({self.kind}) expects {want}")
+        return self.decision_design(X)
+
     def decision_states(self, states: Any) -> np.ndarray:
-        """Logits (before the sigmoid) for last-token states of shape (n, d) or (d,)."""
+        """Logits (before the sigmoid) for last-token states at ``layer`` of shape (n, d) or (d,) (today's kind), or
+        for :class:`~ihs.guard.features.Features` (any kind)."""
+        if isinstance(states, Features):
+            return self.decision_features(states)
+        if not self.recipe.legacy:
+            raise IhsError(f"this guard ({self.kind}) reads more than one layer's last-token state; score prompts "
+                           "(guard.score) or features (guard.decision_features)")
         X = _as_numpy(states)
         if X.ndim == 1:
             X = X[None, :]
@@ -218,12 +173,12 @@ class Guard:
         return X @ self.weight + self.bias
 
     def score_states(self, states: Any) -> np.ndarray:
-        """P(malicious) for last-token states at ``self.layer``, shape (n, d) -> (n,). Pure and cheap."""
+        """P(malicious) for last-token states at ``self.layer``, shape (n, d) -> (n,) (or for Features). Pure numpy."""
         return expit(self.decision_states(states))
 
     def verdict_states(self, states: Any) -> np.ndarray:
-        """True where the state is called malicious (p > threshold, compared on the logit scale so that
-        probabilities that round to 1.0 still keep their order)."""
+        """True where called malicious (p > threshold, compared on the logit scale so that probabilities that
+        round to 1.0 still keep their order)."""
         return self.decision_states(states) > self.threshold_logit
 
     # -- construction -----------------------------------------------------------------------
@@ -242,7 +197,7 @@ class Guard:
         seed: int = 0,
         groups: Sequence[Any] | None = None,
     ) -> Guard:
-        """Fit a guard on one layer's states ``X`` (n, d) with labels ``y`` (1/True/"malicious" = malicious).
+        """Fit today's kind on one layer's last-token states ``X`` (n, d) with labels ``y`` (1/True/"malicious").
 
         The Platt sigmoid is fitted on ``folds``-fold out-of-fold decision values. The threshold is
         calibrated on ``calibration`` (benign states, (m, d)) for ``target_fpr``; without it the
@@ -252,7 +207,7 @@ class Guard:
         if classifier not in PROBES:
             raise IhsError(f"unknown guard probe {classifier!r}; choose from {', '.join(PROBES)}")
         X = _as_numpy(X)
-        yb = _binary(y)
+        yb = label_array(y)
         if X.ndim != 2 or len(X) != len(yb):
             raise DataError(f"X must have shape (n, d) with one label per row; got {X.shape} and {len(yb)} labels")
         counts = np.bincount(yb, minlength=2)
@@ -263,15 +218,15 @@ class Guard:
         if g is not None and len(np.unique(g[yb == 1])) < k:
             g = None
         oof = oof_decision(X, yb, classifier, max(k, 2), seed, g)
-        a, c = _platt(oof, yb)
+        a, c = platt(oof, yb)
         with threadpool_limits(limits=1, user_api="blas"):
-            pipe = _quiet_fit(make_classifier(classifier, "cv", seed), X, yb)
-        mean, scale, coef, intercept = _linear_parts(pipe)
+            pipe = quiet_fit(make_classifier(classifier, "cv", seed), X, yb)
+        mean, scale, coef, intercept = linear_parts(pipe)
         weight = a * coef / scale
         bias = a * (intercept - float((mean / scale) @ coef)) + c
         info = model_info(model) if model is not None else {}
-        guard = cls(layer=int(layer), threshold=0.5, threshold_logit=0.0, weight=weight, bias=float(bias), classifier=classifier,
-                    target_fpr=float(target_fpr), model=info,
+        guard = cls(layer=int(layer), threshold=0.5, threshold_logit=0.0, weight=weight, bias=float(bias),
+                    classifier=classifier, target_fpr=float(target_fpr), model=info,
                     parts={"mean": mean, "scale": scale, "coef": coef,
                            "intercept": np.array([intercept]), "platt": np.array([a, c])})
         guard.card = {"calibrated": False, "n_train": {"benign": int(counts[0]), "malicious": int(counts[1])},
@@ -280,12 +235,27 @@ class Guard:
             guard.calibrate(calibration, target_fpr)
         return guard
 
-    def calibrate(self, benign_states: Any, target_fpr: float | None = None) -> float:
-        """Set the threshold from benign states for ``target_fpr``; returns the realised FPR on them."""
+    def calibrate(self, benign: Any, target_fpr: float | None = None, kinds: Sequence[Any] | None = None) -> float:
+        """Set the threshold from benign prompts' states (today's kind) or features (any kind) for ``target_fpr``;
+        returns the realised FPR on them.
+
+        With ``kinds`` (one per benign prompt: a dataset, a category), the threshold meets the target on every
+        kind at once (the highest of the per-kind thresholds) and the card records the realised FPR per kind.
+        """
+        return self.calibrate_logits(self.decision_states(benign), target_fpr, kinds)
+
+    def calibrate_logits(self, scores: np.ndarray, target_fpr: float | None = None,
+                         kinds: Sequence[Any] | None = None) -> float:
+        """:meth:`calibrate` from the guard's logits on benign prompts."""
         if target_fpr is not None:
             self.target_fpr = float(target_fpr)
-        scores = self.decision_states(benign_states)
-        self.threshold_logit = calibrate_threshold(scores, self.target_fpr)
+        scores = np.asarray(scores, dtype=np.float64)
+        if kinds is not None:
+            self.threshold_logit, per_kind = calibrate_by_kind(scores, kinds, self.target_fpr)
+            self.card["calibration_by_kind"] = per_kind
+        else:
+            self.threshold_logit = calibrate_threshold(scores, self.target_fpr)
+            self.card.pop("calibration_by_kind", None)
         self.threshold = float(expit(self.threshold_logit))
         realised = float(np.mean(scores > self.threshold_logit))
         self.card.update({"calibrated": True, "n_calibration": int(len(scores)), "calibration_fpr": realised})
@@ -294,31 +264,40 @@ class Guard:
     # -- persistence ------------------------------------------------------------------------
     def to_card(self) -> dict[str, Any]:
         card = dict(self.card)
+        num_layers = self.model.get("num_layers")
         card.update({
             "format": "ihs-guard", "card_version": CARD_VERSION, "ihs_version": ihs.__version__,
             "layer": self.layer, "layer_convention": LAYER_CONVENTION, "classifier": self.classifier,
+            "kind": {**self.recipe.to_dict(), "name": self.kind},
+            "features": {"ema_halflife": self.spec.ema_halflife, "pool_start": self.spec.pool_start,
+                         "refusal_ids": list(self.spec.refusal_ids), "compliance_ids": list(self.spec.compliance_ids)},
+            "cost": {"deepest_layer": self.layer, "num_layers": num_layers,
+                     "blocks_share": self.layer / num_layers if num_layers else None},
             "threshold": self.threshold, "threshold_logit": self.threshold_logit, "target_fpr": self.target_fpr,
             "bias": self.bias,
-            "rule": "p = sigmoid(state . weight + bias); malicious when p > threshold "
-                    "(compared as state . weight + bias > threshold_logit)",
+            "rule": "p = sigmoid(logit); malicious when p > threshold (compared as logit > threshold_logit); "
+                    + ("logit = state . weight + bias" if self.recipe.linear else "logit from the MLP head"),
             "model": self.model,
         })
         return card
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``guard.safetensors`` (weight and the unfolded parts) and ``guard.json`` into ``directory``."""
+        """Write ``guard.safetensors`` (weights and head) and ``guard.json`` (the card) into ``directory``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {"weight": np.ascontiguousarray(self.weight, dtype=np.float64),
                    "bias": np.array([self.bias], dtype=np.float64)}
         tensors.update({f"parts.{k}": np.ascontiguousarray(v, dtype=np.float64) for k, v in self.parts.items()})
-        save_file(tensors, str(out / WEIGHTS), metadata={"format": "ihs-guard", "layer": str(self.layer)})
+        if self.head is not None:
+            tensors.update(self.head.tensors())
+        save_file(tensors, str(out / WEIGHTS), metadata={"format": "ihs-guard", "layer": str(self.layer),
+                                                          "kind": self.kind})
         write_json(out / CARD, self.to_card(), indent=2)
         return out
 
     @classmethod
     def load(cls, directory: str | Path, lm: Any = None) -> Guard:
-        """Read a guard; with ``lm``, check that it is the model the card names (else ``IhsError``)."""
+        """Read a guard (any kind); with ``lm``, check that it is the model the card names (else ``IhsError``)."""
         d = Path(directory)
         if not (d / CARD).is_file() or not (d / WEIGHTS).is_file():
             raise IhsError(f"{d} is not a guard directory (needs {CARD} and {WEIGHTS}; make one with `ihs guard fit`)")
@@ -327,20 +306,50 @@ class Guard:
             tensors = load_file(str(d / WEIGHTS))
         except (OSError, ValueError) as exc:
             raise IhsError(f"guard {d} is unreadable: {exc}") from exc
-        if card.get("format") != "ihs-guard":
+        if not isinstance(card, dict) or card.get("format") != "ihs-guard":
             raise IhsError(f"{d / CARD} is not an ihs guard card")
+        if int(card.get("card_version", 1)) > CARD_VERSION:
+            raise IhsError(f"{d / CARD} has card version {card['card_version']}, newer than this ihs reads "
+                           f"({CARD_VERSION}); upgrade ihs")
+        kind = card.get("kind")
+        recipe = Recipe.from_dict(kind) if kind else Recipe(layers=(int(card["layer"]),),
+                                                              head=card.get("classifier", "logreg"))
+        if recipe.deepest != int(card["layer"]):
+            raise IhsError(f"{d / CARD}: the kind reads layers {list(recipe.layers)} but the card says layer {card['layer']}")
+        feats = card.get("features") or {}
+        spec = FeatureSpec(ema_halflife=float(feats.get("ema_halflife", 8.0)), pool_start=int(feats.get("pool_start", 0)),
+                           refusal_ids=list(feats.get("refusal_ids") or []),
+                           compliance_ids=list(feats.get("compliance_ids") or []))
+        if recipe.refusal and (not spec.refusal_ids or not spec.compliance_ids):
+            raise IhsError(f"{d / CARD}: a guard with refusal features needs its refusal token ids")
+        head = Head.from_tensors(recipe.head, tensors) if "head.mean" in tensors else None
+        if head is None and not recipe.linear:
+            raise IhsError(f"{d / WEIGHTS} holds no weights for the {recipe.head} head of this guard")
         parts = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("parts.")}
-        guard = cls(layer=int(card["layer"]), threshold=float(card["threshold"]), weight=tensors["weight"],
-                    bias=float(tensors["bias"][0]), classifier=card.get("classifier", "logreg"),
+        guard = cls(layer=recipe.deepest, threshold=float(card["threshold"]), weight=tensors["weight"],
+                    bias=float(tensors["bias"][0]), classifier=recipe.head,
                     target_fpr=float(card.get("target_fpr", 0.01)), model=card.get("model", {}), parts=parts,
-                    card=card, threshold_logit=card.get("threshold_logit"))
+                    card=card, threshold_logit=card.get("threshold_logit"), recipe=recipe, head=head, spec=spec)
+        guard._check_shapes(d)
         if lm is not None:
             guard.attach(lm)
         return guard
 
+    def _check_shapes(self, where: Path) -> None:
+        num_layers = self.model.get("num_layers")
+        if num_layers is not None and self.layer > int(num_layers):
+            raise IhsError(f"{where}: the guard reads layer {self.layer}, its model has layers 0..{num_layers}")
+        hidden = self.model.get("hidden_size")
+        if hidden:
+            want = self.recipe.width(int(hidden))
+            got = self.head.width if self.head is not None else int(self.weight.shape[0])
+            if got != want:
+                raise IhsError(f"{where}: weights of width {got} do not fit the kind {self.kind} on hidden size "
+                               f"{hidden} (expected {want})")
+
     # -- the model --------------------------------------------------------------------------
     def check_model(self, lm: Any) -> None:
-        """Raise ``IhsError`` unless ``lm`` is the model this guard was fitted on."""
+        """Raise ``IhsError`` unless ``lm`` is the model this guard was fitted on (and reads it the same way)."""
         want = self.fingerprint
         got = lm.fingerprint()
         if want is not None and got != want:
@@ -350,6 +359,19 @@ class Guard:
             raise IhsError(f"guard expects hidden size {self.hidden_size}, model {lm.name!r} has {lm.hidden_size}")
         if self.layer > lm.num_layers:
             raise IhsError(f"guard reads layer {self.layer}, model {lm.name!r} has only {lm.num_layers} blocks")
+        if self.recipe.pooling != "last":
+            from ihs.guard.features import template_prefix
+
+            chat = bool(self.model.get("chat", False))
+            start = template_prefix(lm.tokenizer, chat, self.model.get("system_prompt"))
+            if start != self.spec.pool_start:
+                raise IhsError(f"guard pools from position {self.spec.pool_start}; the tokenizer of {lm.name!r} opens "
+                               f"prompts with {start} shared tokens (another tokenizer or template)")
+        if self.recipe.refusal:
+            vocab = int(lm.anatomy.unembed.weight.shape[0])
+            ids = [*self.spec.refusal_ids, *self.spec.compliance_ids]
+            if max(ids) >= vocab:
+                raise IhsError(f"guard's refusal tokens reach id {max(ids)}; model {lm.name!r} has {vocab} tokens")
 
     def attach(self, lm: Any) -> Guard:
         self.check_model(lm)
@@ -391,6 +413,28 @@ class Guard:
         return states_at_layer_batched(self._need_lm(), [f.ids for f in formatted], self.layer,
                                        batch_size, max_batch_tokens, progress)
 
+    def features(self, prompts: Sequence[str], batch_size: int = 32, max_batch_tokens: int = 4096,
+                 progress: Callable[[int], None] | None = None) -> Features:
+        """What this guard reads for each prompt, with the forward pass stopped at ``self.layer``."""
+        return self.features_ids([f.ids for f in self.format(prompts)], batch_size, max_batch_tokens, progress)
+
+    def features_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32, max_batch_tokens: int = 4096,
+                     progress: Callable[[int], None] | None = None) -> Features:
+        from ihs.guard.features import extract_features
+
+        return extract_features(self._need_lm(), ids, self.feature_spec(), batch_size=batch_size,
+                                max_batch_tokens=max_batch_tokens, progress=progress)
+
+    def decision_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32, max_batch_tokens: int = 4096,
+                     progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Logits for formatted token ids (early exit at ``self.layer``)."""
+        if self.recipe.legacy:
+            from ihs.guard.early_exit import states_at_layer_batched
+
+            return self.decision_states(states_at_layer_batched(self._need_lm(), ids, self.layer, batch_size,
+                                                                max_batch_tokens, progress))
+        return self.decision_features(self.features_ids(ids, batch_size, max_batch_tokens, progress))
+
     def score(self, prompts: Sequence[str] | str, batch_size: int = 32, max_batch_tokens: int = 4096,
               progress: Callable[[int], None] | None = None) -> ScoreResult:
         """Probabilities and verdicts for prompts, running the model only up to ``self.layer``."""
@@ -398,7 +442,7 @@ class Guard:
             prompts = [prompts]
         if not prompts:
             return ScoreResult(np.zeros(0), np.zeros(0, dtype=bool), self.threshold)
-        d = self.decision_states(self.states(prompts, batch_size, max_batch_tokens, progress))
+        d = self.decision_ids([f.ids for f in self.format(prompts)], batch_size, max_batch_tokens, progress)
         return ScoreResult(expit(d), d > self.threshold_logit, self.threshold)
 
     def predict_proba(self, prompts: Sequence[str]) -> np.ndarray:

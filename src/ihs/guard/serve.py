@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,8 +30,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy.special import expit
 
-from ihs.guard.early_exit import states_at_layer_batched
 from ihs.guard.guard import Guard
+from ihs.guard.http_security import MAX_JSON_DEPTH, body_problem, install_security
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ class ServeLimits:
     max_batch_prompts: int = 64
     max_batch_tokens: int = 8192
     max_queue: int = 4096
+    max_request_tokens: int = 16384  # tokens of one request after formatting, all prompts together (413 above)
+    request_timeout_s: float = 60.0  # a request waiting longer for its scores gets 503
+    max_json_depth: int = MAX_JSON_DEPTH  # deeper request bodies get 422 before decoding
+    api_key: str | None = field(default=None, repr=False)  # when set, every request needs it (401 without)
 
 
 class ScoreRequest(BaseModel):
@@ -64,6 +68,7 @@ class PromptScore(BaseModel):
 class ScoreResponse(BaseModel):
     model: str
     layer: int
+    kind: str
     threshold: float
     results: list[PromptScore]
 
@@ -153,7 +158,14 @@ class MicroBatcher:
         guard = self.guard
         live: list[tuple[_Job, list[Any]]] = []
         for job in jobs:
+            if job.future.done():  # cancelled: its request timed out while queued
+                continue
             formatted = guard.format(job.prompts)
+            total = sum(len(f.ids) for f in formatted)
+            if total > self.limits.max_request_tokens:
+                job.future.set_exception(RequestError(413, f"request is {total} tokens after formatting, over the "
+                                                           f"budget of {self.limits.max_request_tokens} per request"))
+                continue
             long = [(i, len(f.ids)) for i, f in enumerate(formatted) if len(f.ids) > self.limits.max_prompt_tokens]
             if long:
                 i, n = long[0]
@@ -164,9 +176,8 @@ class MicroBatcher:
         if not live:
             return
         ids = [f.ids for _, fs in live for f in fs]
-        states = states_at_layer_batched(guard.lm, ids, guard.layer, batch_size=self.limits.max_batch_prompts,
-                                         max_batch_tokens=self.limits.max_batch_tokens)
-        decision = guard.decision_states(states)
+        decision = guard.decision_ids(ids, batch_size=self.limits.max_batch_prompts,
+                                      max_batch_tokens=self.limits.max_batch_tokens)
         prob = expit(decision)
         start = 0
         for job, fs in live:
@@ -211,12 +222,13 @@ def _parse(body: bytes, limits: ServeLimits) -> list[str]:
 
 
 def create_app(guard: Guard, limits: ServeLimits | None = None) -> Any:
-    """A FastAPI app serving ``guard`` (which must have its model attached)."""
+    """A FastAPI app serving ``guard`` (any kind; its model must be attached, which checks that it is the card's)."""
     import ihs
 
     limits = limits or ServeLimits()
     if guard.lm is None:
         raise ValueError("create_app needs a guard with its model attached (Guard.load(dir, lm=...))")
+    guard.check_model(guard.lm)  # a model set by hand is checked too: another model would answer with nonsense
     batcher = MicroBatcher(guard, limits)
 
     @asynccontextmanager
@@ -228,8 +240,9 @@ def create_app(guard: Guard, limits: ServeLimits | None = None) -> Any:
             await asyncio.to_thread(batcher.stop)
 
     app = FastAPI(title="ihs guard", version=ihs.__version__, lifespan=lifespan,
-                  description=f"Probe-based harmful-request detector on {guard.model_name}, layer {guard.layer} "
-                              f"(early exit), threshold {guard.threshold:.4g} for a {guard.target_fpr:.2%} target FPR.")
+                  description=f"Probe-based harmful-request detector on {guard.model_name}, kind {guard.kind} "
+                              f"(early exit after layer {guard.layer}), threshold {guard.threshold:.4g} for a {guard.target_fpr:.2%} target FPR.")
+    install_security(app, api_key=limits.api_key)
     app.state.batcher = batcher
     app.state.limits = limits
 
@@ -238,9 +251,10 @@ def create_app(guard: Guard, limits: ServeLimits | None = None) -> Any:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model": guard.model_name, "layer": guard.layer, "num_layers":
+        return {"status": "ok", "model": guard.model_name, "layer": guard.layer, "kind": guard.kind, "num_layers":
                 guard.model.get("num_layers"), "threshold": guard.threshold, "target_fpr": guard.target_fpr,
-                "queued": batcher.queued, "stats": dict(batcher.stats), "limits": asdict(limits)}
+                "queued": batcher.queued, "stats": dict(batcher.stats),
+                "limits": {k: v for k, v in asdict(limits).items() if k != "api_key"}}
 
     body_schema = {"requestBody": {"required": True, "content": {"application/json": {
         "schema": ScoreRequest.model_json_schema()}}}}
@@ -262,12 +276,20 @@ def create_app(guard: Guard, limits: ServeLimits | None = None) -> Any:
             body += chunk
             if len(body) > limits.max_body_bytes:
                 return error(413, f"request body over the limit of {limits.max_body_bytes} bytes")
+        problem = body_problem(bytes(body), limits.max_json_depth)
+        if problem:
+            return error(422, problem)
         try:
             prompts = _parse(bytes(body), limits)
-            results = await asyncio.wrap_future(batcher.submit(prompts))
+            future = batcher.submit(prompts)
+            results = await asyncio.wait_for(asyncio.wrap_future(future), limits.request_timeout_s)
         except RequestError as exc:
             return error(exc.status, exc.detail)
-        return {"model": guard.model_name, "layer": guard.layer, "threshold": guard.threshold, "results": results}
+        except TimeoutError:
+            future.cancel()
+            return error(503, f"scoring took over {limits.request_timeout_s:g} s; retry later or send fewer prompts")
+        return {"model": guard.model_name, "layer": guard.layer, "kind": guard.kind, "threshold": guard.threshold,
+                "results": results}
 
     return app
 

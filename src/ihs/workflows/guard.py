@@ -24,8 +24,14 @@ from typing import Any
 import numpy as np
 
 from ihs.errors import IhsError
+from ihs.guard.features import POOLINGS
 from ihs.guard.fit import FitOptions, fit_guard
 from ihs.guard.guard import BENIGN_LABELS, CARD, MALICIOUS_LABELS, PROBES, Guard, model_info
+from ihs.guard.heads import HEADS, parse_kind
+from ihs.guard.inputs import data_inputs as data_inputs
+from ihs.guard.inputs import load_guard, store_inputs
+from ihs.guard.inputs import pool_stores as pool_stores
+from ihs.guard.inputs import prompt_records as prompt_records
 from ihs.io import read_json
 from ihs.layers import parse_layers
 from ihs.progress import progress_bar
@@ -76,6 +82,35 @@ class GuardFitOptions:
 
 
 @dataclass(kw_only=True)
+class GuardKindOptions:
+    """Which kind of guard is fitted, and how its kind is chosen (``ihs guard fit --kind``)."""
+
+    kind: str = opt("last", "last: today's guard (one layer's last-token state, a linear probe, layer and probe by "
+                            "cross-validation, one threshold over all benign prompts); auto: layers, pooling, head and "
+                            "refusal margin chosen by leave-group-out cross-validation on the training split, threshold "
+                            "held on every benign kind (needs --bank or --data); or a kind name such as "
+                            "mean@12+16/mlp+refusal or last@17/logreg.")
+    poolings: list[str] = opt(help=f"With --kind auto: candidate poolings, any of {', '.join(POOLINGS)}.",
+                              factory=lambda: list(POOLINGS))
+    heads: list[str] = opt(help=f"With --kind auto: candidate heads, any of {', '.join(HEADS)}.",
+                           factory=lambda: ["logreg", "mlp"])
+    refusal: bool = opt(True, "With --kind auto: also try the model's own refusal margin as features.")
+    select_key: str = opt("auto", "With --kind auto: the group key whose groups the selection folds hold out "
+                                  "(auto: every family, reformulation, kind, position, category and form).")
+    select_folds: int = opt(4, "With --kind auto: folds of whole groups for the selection.")
+
+    def validate(self) -> None:
+        bad = [p for p in self.poolings if p not in POOLINGS] + [h for h in self.heads if h not in HEADS]
+        if bad or not self.poolings or not self.heads:
+            raise IhsError(f"unknown pooling or head {bad[0] if bad else '(none)'!r}; poolings: {', '.join(POOLINGS)}; "
+                           f"heads: {', '.join(HEADS)}")
+        if self.select_folds < 2:
+            raise IhsError(f"select_folds must be at least 2, got {self.select_folds}")
+        if self.kind not in ("last", "auto"):
+            parse_kind(self.kind, 10**6)  # the syntax only; layers are checked against the model when fitting
+
+
+@dataclass(kw_only=True)
 class GuardEvalOptions:
     """How a guard is evaluated."""
 
@@ -83,6 +118,13 @@ class GuardEvalOptions:
                           "calibration prompts for the same target FPR.")
     limit: int | None = opt(None, "With data: first N distinct prompts per dataset.")
     batch_size: int = opt(32, "Largest batch when prompts are scored with the model.")
+    holdout: list[str] = opt(help="Group keys for leave-one-group-out evaluation on the guard's training data "
+                                  "(family, category, category:malicious, kind, reformulation, dataset, benign-kind, "
+                                  "malicious-kind, any tag).", factory=list)
+    benign_policy: str = opt("pool", "Single-class held-out groups: pool (scored with a fixed never-trained pool of "
+                                     "the other class) or own (only their own rows: TPR or FPR, no AUROC).")
+    random_folds: int = opt(5, "With holdout: the same methods on this many random goal-level folds (0: off).")
+    nested: bool = opt(False, "With holdout: also a guard whose kind is chosen again inside every training side.")
 
 
 @dataclass(kw_only=True)
@@ -155,84 +197,6 @@ class GuardResult(Result):
         return out
 
 
-# -- inputs ----------------------------------------------------------------------------------------------------
-
-
-def pool_stores(paths: Sequence[str | Path]) -> ActivationStore:
-    """Load stores and pool their rows; they must hold one model's states under one formatting."""
-    if not paths:
-        raise IhsError("no store given")
-    stores = [ActivationStore.load(p) for p in paths]
-    first = stores[0].manifest
-    for p, st in zip(paths[1:], stores[1:], strict=True):
-        m = st.manifest
-        if m.get("model", {}).get("fingerprint") != first.get("model", {}).get("fingerprint"):
-            raise IhsError(f"store {p} holds another model's states than {paths[0]}")
-        if (m.get("chat"), m.get("system_prompt")) != (first.get("chat"), first.get("system_prompt")):
-            raise IhsError(f"store {p} was formatted differently (chat/system prompt) from {paths[0]}")
-    if len(stores) == 1:
-        return stores[0]
-    manifest = {**first, "datasets": sorted({d for st in stores for d in st.manifest.get("datasets") or []})}
-    return ActivationStore(hidden=np.concatenate([st.hidden for st in stores]),
-                           records=[r for st in stores for r in st.records], manifest=manifest)
-
-
-def store_inputs(paths: Sequence[str | Path], *, model: str | None = None,
-                 device: str | None = None) -> tuple[ActivationStore, dict[str, Any], dict[str, Any]]:
-    """(pooled store, the card's model block, the card's data block) for fitting from stores; with ``model``
-    (loaded in the stores' dtype), the stores must hold that model's states."""
-    store = pool_stores(paths)
-    info = model_info(store.manifest)
-    if model:
-        from ihs.models.loading import load_model
-
-        lm = load_model(model, dtype=store.manifest.get("model", {}).get("dtype", "float32"), device=device)
-        if lm.fingerprint() != info["fingerprint"]:
-            raise IhsError(f"store {paths[0]} holds states of {info['name']!r} ({info['fingerprint']}), "
-                           f"not of {model!r} ({lm.fingerprint()})")
-    return store, info, {"stores": [str(Path(p).resolve()) for p in paths], "datasets": store.manifest.get("datasets")}
-
-
-def data_inputs(lm: Any, data: Sequence[str], *, limit: int | None = None, chat: bool | None = None,
-                system_prompt: str | None = None, batch_size: int = 32,
-                progress: bool = True) -> tuple[ActivationStore, dict[str, Any], dict[str, Any]]:
-    """(in-memory store, model block, data block) for fitting from ``NAME=SPEC`` prompt sets run through ``lm``."""
-    from ihs.data.prepare import prepare
-    from ihs.extract import ExtractOptions, extract
-
-    records, _ = prepare(list(data), limit=limit)
-    store = extract(lm, records, None, ExtractOptions(chat=chat, system_prompt=system_prompt, batch_size=batch_size),
-                    progress=progress)
-    return store, model_info(lm, chat=chat, system_prompt=system_prompt), {"specs": list(data), "limit": limit}
-
-
-def load_guard(guard_dir: str | Path, *, model: str | None = None, device: str | None = None,
-               attach: bool = True) -> Guard:
-    """A saved guard; with ``attach``, its model attached: ``model`` (checked against the card) or the one the
-    card names."""
-    from ihs.models.loading import load_model
-
-    guard = Guard.load(guard_dir)
-    if not attach:
-        return guard
-    if model:
-        guard.attach(load_model(model, dtype=guard.model.get("dtype") or "float32", device=device))
-    else:
-        guard.load_model(device=device)
-    return guard
-
-
-def prompt_records(data: Sequence[str] | None, prompts: Sequence[str] | None = None,
-                   limit: int | None = None) -> list[dict[str, Any]]:
-    """Records from ``NAME=SPEC`` prompt sets and from raw prompts (label ``prompt``)."""
-    from ihs.batching import as_record_dict
-    from ihs.data.prepare import prepare
-
-    records = [as_record_dict(r) for r in prepare(list(data), limit=limit)[0]] if data else []
-    return records + [{"id": f"prompt-{i}", "text": t, "label": "prompt", "dataset": "--prompt", "tags": {}}
-                      for i, t in enumerate(prompts or [])]
-
-
 # -- fit, evaluate, score ----------------------------------------------------------------------------------------
 
 
@@ -254,77 +218,174 @@ def run_guard_fit(store: ActivationStore, options: GuardFitOptions | None = None
                          fit, advance, data_info)
 
 
-def _training_records(guard: Guard, train_paths: Sequence[Path]) -> tuple[list[dict], list[dict]]:
-    ids = guard.card.get("splits", {}).get("ids", {})
-    tr, ca = set(ids.get("train", [])), set(ids.get("calibration", []))
-    train, cal = [], []
-    for path in train_paths:
-        if path.is_dir():
-            records = ActivationStore.load(path).records
-            train += [r for r in records if r["id"] in tr]
-            cal += [r for r in records if r["id"] in ca]
-    return train, cal
+def run_guard_features(lm: Any, data: Sequence[str], out: str | Path | None = None, *, limit: int | None = None,
+                       limit_by: str | None = None, chat: bool | None = None, system_prompt: str | None = None,
+                       layers: str | None = None, poolings: Sequence[str] = POOLINGS, refusal: bool = True,
+                       ema_halflife: float = 8.0, batch_size: int = 16, progress: bool = True) -> Any:
+    """Run ``lm`` once over ``NAME=SPEC`` sets and keep what any candidate guard could read (a feature bank):
+    the last token at every layer, pooled states and the refusal margin at ``layers`` (default: a grid of about
+    eleven layers); saved to ``out`` when given."""
+    from ihs.guard.inputs import bank_inputs
+
+    grid = parse_layers(layers, lm.num_layers) if layers else None
+    bank = bank_inputs(lm, data, limit=limit, limit_by=limit_by, chat=chat, system_prompt=system_prompt, layers=grid,
+                       poolings=poolings, refusal=refusal, ema_halflife=ema_halflife, batch_size=batch_size,
+                       progress=progress)
+    if out is not None:
+        bank.save(out)
+        bank.info["path"] = str(Path(out).resolve())
+    return bank
 
 
-def run_guard_eval(guard: Guard, options: GuardEvalOptions | None = None, *, guard_dir: str | Path | None = None,
-                   stores: Sequence[str | Path] = (), data: Sequence[str] = (), generations: Sequence[str | Path] = (),
-                   progress: bool = True) -> GuardResult:
-    """Detection of ``guard`` per set (stores read, ``data`` scored with the guard's attached model), per label and
-    jailbreak family, beside the bag-of-words baseline and (with ``generations``) the model's own refusal.
+def run_guard_fit_bank(bank: Any, options: GuardFitOptions | None = None, kind: GuardKindOptions | None = None, *,
+                       progress: bool = True) -> Guard:
+    """Fit a guard on a feature bank: today's recipe on its last-token states (``kind="last"``), or the kind chosen
+    by leave-group-out cross-validation on the training split (``"auto"``), or a given kind."""
+    from ihs.guard.fit_pooled import PooledFitOptions, fit_pooled_guard
+    from ihs.guard.select import SelectOptions, count_candidates
 
-    Prompts the guard was trained or calibrated on are left out, so with no stores and no data the guard's own
-    training store gives exactly its held-out split.
-    """
-    from ihs.guard.evaluate import (
-        BowBaseline,
-        check_store,
-        evaluate_set,
-        exclude_fitted,
-        load_generations,
-        refusal_detector,
-    )
+    options, kind = options or GuardFitOptions(), kind or GuardKindOptions()
+    options.validate()
+    kind.validate()
+    info = {**bank.info, "bank": bank.info.get("path")}
+    if kind.kind == "last":
+        from ihs.store import ActivationStore
 
-    options = options or GuardEvalOptions()
-    card_data = guard.card.get("data", {})
-    train_paths = [Path(p) for p in card_data.get("stores") or ([card_data["store"]] if card_data.get("store") else [])]
-    stores = [Path(p) for p in stores]
-    if not stores and not data:
-        if not train_paths:
-            raise IhsError("this guard was fitted from --data, not a store; pass --store or --data to evaluate on")
-        stores = train_paths
-    train_recs, cal_recs = _training_records(guard, train_paths)
-    fitted_texts = [r["text"] for r in train_recs + cal_recs]
-    bow, notes = None, []
-    if options.bow:
-        if train_recs and cal_recs:
-            bow = BowBaseline(train_recs, cal_recs, guard)
-        else:
-            notes.append("bag-of-words baseline skipped: the guard's training store is not available")
-    gens = load_generations(generations) if generations else None
-    result: dict[str, Any] = {"guard": str(guard_dir) if guard_dir is not None else None, "model": guard.model_name,
-                              "layer": guard.layer, "classifier": guard.classifier, "threshold": guard.threshold,
-                              "target_fpr": guard.target_fpr, "sets": [], "notes": notes}
-    resolved = [p.resolve() for p in train_paths]
+        last = bank.features.arrays["last"]
+        store = ActivationStore(hidden=last, records=bank.records, manifest={})
+        return run_guard_fit(store, options, model=bank.model, data_info=info, progress=progress)
+    num_layers = bank.num_layers
+    select = SelectOptions(poolings=kind.poolings, heads=kind.heads, refusal=kind.refusal, key=kind.select_key,
+                           folds=kind.select_folds, seed=options.seed, tolerance=options.tolerance,
+                           layers=parse_layers(options.layers, num_layers) if options.layers else None)
+    fit = PooledFitOptions(select=select, recipe=None if kind.kind == "auto" else parse_kind(kind.kind, num_layers),
+                           target_fpr=options.target_fpr, test_frac=options.test_frac, calib_frac=options.calib_frac,
+                           folds=options.folds, seed=options.seed, benign=options.benign or BENIGN_LABELS,
+                           malicious=options.malicious or MALICIOUS_LABELS)
+    with progress_bar("choosing the kind", total=count_candidates(bank.features, select), unit="kinds",
+                      enabled=progress and kind.kind == "auto") as advance:
+        guard = fit_pooled_guard(bank, fit, advance)
+    guard.card["data"].update(info)
+    return guard
+
+
+def _eval_sources(guard: Guard, options: GuardEvalOptions, stores: Sequence[Path], banks: Sequence[Path],
+                  data: Sequence[str], progress: bool) -> list[tuple[str, list[dict], np.ndarray]]:
+    """(name, records, logits) per evaluation set: stores and banks read, data scored with the model."""
+    from ihs.guard.bank import FeatureBank
+    from ihs.guard.evaluate import check_store, exclude_fitted, require_both
+    from ihs.guard.inputs import data_records
+    from ihs.guard.sources import check_bank, decision_on, fitted_records, store_features, training_source
+
+    source = training_source(guard)
+    fitted = [r["text"] for part in fitted_records(guard, source[0]) for r in part] if source else []
+    train_paths = [Path(p).resolve() for p in (guard.card.get("data") or {}).get("stores") or []]
+    own_bank = (guard.card.get("data") or {}).get("bank")
+    sets = []
     for path in stores:
         st = ActivationStore.load(path)
         check_store(guard, st, str(path))
-        keep = exclude_fitted(guard, st.records, fitted_texts)
-        recs = [st.records[i] for i in keep]
-        name = path.name + (" (held-out)" if path.resolve() in resolved else "")
-        result["sets"].append(evaluate_set(guard, name, recs, guard.decision_states(st.hidden[keep, guard.layer]),
-                                           bow, gens))
+        keep = exclude_fitted(guard, st.records, fitted)
+        name = path.name + (" (held-out)" if path.resolve() in train_paths else "")
+        sets.append((name, [st.records[i] for i in keep], decision_on(guard, store_features(st), keep, f"store {path}")))
+    for path in banks:
+        bank = FeatureBank.load(path)
+        check_bank(guard, bank, str(path))
+        keep = exclude_fitted(guard, bank.records, fitted)
+        own = own_bank and Path(own_bank).resolve() == Path(path).resolve()
+        sets.append((Path(path).name + (" (held-out)" if own else ""), [bank.records[i] for i in keep],
+                     decision_on(guard, bank.features, keep, f"bank {path}")))
     if data:
-        recs = prompt_records(data, limit=options.limit)
-        recs = [recs[i] for i in exclude_fitted(guard, recs, fitted_texts)]
-        with progress_bar(f"scoring (layer {guard.layer})", total=len(recs), enabled=progress) as advance:
-            states = guard.states([r["text"] for r in recs], batch_size=options.batch_size, progress=advance)
-        result["sets"].append(evaluate_set(guard, "data: " + ", ".join(data), recs, guard.decision_states(states),
-                                           bow, gens))
+        recs = data_records(data, limit=options.limit)
+        recs = [recs[i] for i in exclude_fitted(guard, recs, fitted)]
+        require_both("data: " + ", ".join(data), recs)
+        with progress_bar(f"scoring (blocks 1..{guard.layer})", total=len(recs), enabled=progress) as advance:
+            ids = [f.ids for f in guard.format([r["text"] for r in recs])]
+            sets.append(("data: " + ", ".join(data), recs,
+                         guard.decision_ids(ids, batch_size=options.batch_size, progress=advance)))
+    return sets
+
+
+def run_guard_eval(guard: Guard, options: GuardEvalOptions | None = None, *, guard_dir: str | Path | None = None,
+                   stores: Sequence[str | Path] = (), data: Sequence[str] = (), banks: Sequence[str | Path] = (),
+                   generations: Sequence[str | Path] = (), compare: Sequence[tuple[str, Any]] = (),
+                   progress: bool = True) -> GuardResult:
+    """Detection of ``guard`` per set (stores and banks read, ``data`` scored with the guard's attached model), per
+    label, kind and jailbreak family, beside the bag-of-words baseline and (with ``generations``) the model's own
+    refusal; with ``options.holdout``, leave-one-group-out on the guard's training data for each key (the guard's
+    kind, the ``compare`` kinds and bag-of-words under the same splits) and the same on random folds.
+
+    Prompts the guard was trained or calibrated on are left out, so with no sets the guard's own training data
+    gives exactly its held-out split.
+    """
+    from ihs.guard.evaluate import BowBaseline, evaluate_set, load_generations, refusal_detector
+    from ihs.guard.sources import fitted_records, holdout_for_guard, training_source
+
+    options = options or GuardEvalOptions()
+    card_data = guard.card.get("data", {})
+    stores, banks = [Path(p) for p in stores], [Path(p) for p in banks]
+    if not stores and not data and not banks and not options.holdout:
+        if card_data.get("stores"):
+            stores = [Path(p) for p in card_data["stores"]]
+        elif card_data.get("bank"):
+            banks = [Path(card_data["bank"])]
+        else:
+            raise IhsError("this guard was fitted from --data, not a store or bank; pass --store, --bank or --data")
+    source = training_source(guard)
+    train_recs, cal_recs = fitted_records(guard, source[0]) if source else ([], [])
+    bow, notes = None, []
+    if options.bow and (stores or banks or data):
+        if train_recs and cal_recs:
+            bow = BowBaseline(train_recs, cal_recs, guard)
+        else:
+            notes.append("bag-of-words baseline skipped: the guard's training data is not available")
+    gens = load_generations(generations) if generations else None
+    result: dict[str, Any] = {"guard": str(guard_dir) if guard_dir is not None else None, "model": guard.model_name,
+                              "layer": guard.layer, "kind": guard.kind, "classifier": guard.classifier,
+                              "threshold": guard.threshold, "target_fpr": guard.target_fpr, "sets": [], "notes": notes}
+    for name, recs, logits in _eval_sources(guard, options, stores, banks, data, progress):
+        result["sets"].append(evaluate_set(guard, name, recs, logits, bow, gens))
     if gens:
         result["refusal"] = refusal_detector(gens, guard)
     if bow is not None:
         result["bow"] = {"n_train": bow.n_train, "threshold": bow.threshold}
+    if options.holdout:
+        nested = None
+        if options.nested:
+            from ihs.guard.select import SelectOptions
+
+            nested = SelectOptions(seed=0)
+        result["holdout"] = holdout_for_guard(guard, options.holdout, compare=compare, bow=options.bow, nested=nested,
+                                              benign=options.benign_policy, random_folds=options.random_folds,
+                                              progress=progress)
     return GuardResult(result, card=guard.to_card())
+
+
+def run_guard_calibrate(guard: Guard, benign: Sequence[str], *, target_fpr: float | None = None,
+                        kind_key: str | None = None, per_kind: bool = True, limit: int | None = None,
+                        batch_size: int = 32, progress: bool = True) -> dict[str, Any]:
+    """Recalibrate ``guard`` (its model attached) on files of benign deployment traffic (``FILE`` or ``NAME=FILE``):
+    the threshold meets the target FPR on every kind (a file, or the values of ``kind_key``)."""
+    from ihs.data.loaders import load_dataset_spec
+    from ihs.guard.recalibrate import recalibrate
+
+    if not benign:
+        raise IhsError("give at least one --benign FILE of benign prompts")
+    records = []
+    for spec in benign:
+        name, sep, path = spec.partition("=")
+        path, name = (path, name) if sep and not Path(spec).exists() else (spec, Path(spec).stem)
+        recs = [{"id": r.id, "text": r.text, "label": "benign", "dataset": name, "tags": dict(r.tags)}
+                for r in load_dataset_spec(path, label="benign")]
+        if not recs:
+            raise IhsError(f"{path} holds no prompts")
+        records += recs[:limit] if limit else recs
+    with progress_bar(f"scoring benign traffic (blocks 1..{guard.layer})", total=len(records),
+                      enabled=progress) as advance:
+        logits = guard.decision_ids([f.ids for f in guard.format([r["text"] for r in records])],
+                                    batch_size=batch_size, progress=advance)
+    return recalibrate(guard, records, logits, target_fpr=target_fpr, kind_key=kind_key, per_kind=per_kind,
+                       source=list(benign))
 
 
 def score_records(guard: Guard, records: Sequence[dict[str, Any]], *, batch_size: int = 32,
