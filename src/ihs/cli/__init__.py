@@ -44,6 +44,7 @@ def _register() -> None:
     app.add_typer(guard.app, name="guard", help="Probe-based harmful-request detector: fit, score, eval, serve.")
     from ihs.cli import align
     app.add_typer(align.app, name="align", help="Align models (SFT, DPO) and track their checkpoints.")
+    app.command("explain")(__import__("ihs.cli.explain", fromlist=["explain_cmd"]).explain_cmd)
 
 
 _register()

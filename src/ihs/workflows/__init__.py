@@ -19,6 +19,7 @@ REGISTRY: tuple[str, ...] = (
     "ihs.workflows.guard:GuardStep",
     "ihs.workflows.defense:DefenseStep",
     "ihs.workflows.languages:LanguagesStep",
+    "ihs.workflows.explain:ExplainStep",
     "ihs.workflows.align:AlignStep",
 )
 
