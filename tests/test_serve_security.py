@@ -1,0 +1,109 @@
+"""The guard service's HTTP hardening: JSON only, bounded bodies, token budget, timeout, API key, headers, no CDN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import make_tiny
+from ihs.errors import IhsError
+from ihs.guard import Guard
+from ihs.guard.http_security import body_problem, read_api_key
+from ihs.guard.serve import ServeLimits, create_app
+
+KEY = "k" * 24
+
+
+@pytest.fixture(scope="module")
+def guard():
+    lm = make_tiny("llama", num_layers=3)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, lm.hidden_size))
+    y = np.arange(40) % 2
+    X[y == 1, 0] += 3
+    return Guard.fit_states(X, y, layer=2, calibration=X[y == 0], model=lm).attach(lm)
+
+
+@pytest.fixture(scope="module")
+def client(guard):
+    with TestClient(create_app(guard, ServeLimits(max_request_tokens=200, max_prompt_chars=2000,
+                                                  max_prompt_tokens=1000))) as c:
+        yield c
+
+
+def test_json_only(client):
+    ok = client.post("/v1/score", json={"prompts": ["hello there"]})
+    assert ok.status_code == 200
+    for headers in ({"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}, {}):
+        r = client.post("/v1/score", content=b'{"prompts": ["hi"]}', headers=headers)
+        assert r.status_code == 415, headers
+    r = client.post("/v1/score", content=b'{"prompts": ["hi"]}', headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"[" * 50_000 + b"]" * 50_000, b'{"prompts": ' + b"[" * 40 + b"]" * 40 + b"}",
+                                  b'{"prompts": [' + b"1," * 20_000 + b"1]}"])
+def test_deep_or_huge_bodies_are_422(client, body):
+    r = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
+    assert r.status_code in (413, 422) and "detail" in r.json()
+
+
+def test_body_problem_ignores_brackets_in_strings():
+    assert body_problem(b'{"prompts": ["' + b"[" * 100 + b'"]}') is None
+    assert body_problem(b'{"prompts": ["\\"' + b"[" * 100 + b'"]}') is None
+    assert "deeper" in body_problem(b"[" * 33 + b"]" * 33)
+    assert body_problem(b"[" * 32 + b"]" * 32) is None
+
+
+def test_token_budget_per_request(client):
+    r = client.post("/v1/score", json={"prompts": ["word " * 60, "word " * 60, "word " * 60]})
+    assert r.status_code == 413 and "budget" in r.json()["detail"]
+
+
+def test_security_headers_and_no_cdn_docs(client):
+    r = client.get("/healthz")
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store"
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+    assert "api_key" not in r.json()["limits"]
+
+
+def test_api_key(guard, tmp_path, monkeypatch):
+    with TestClient(create_app(guard, ServeLimits(api_key=KEY))) as c:
+        assert c.post("/v1/score", json={"prompts": ["hi"]}).status_code == 401
+        assert c.get("/healthz").status_code == 401
+        bad = c.post("/v1/score", json={"prompts": ["hi"]}, headers={"authorization": "Bearer " + "x" * 24})
+        assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer"
+        assert c.post("/v1/score", json={"prompts": ["hi"]}, headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+        assert c.post("/v1/score", json={"prompts": ["hi"]}, headers={"x-api-key": KEY}).status_code == 200
+        assert "api_key" not in c.get("/healthz", headers={"x-api-key": KEY}).json()["limits"]
+    (tmp_path / "key").write_text(KEY + "\n")
+    assert read_api_key(tmp_path / "key") == KEY
+    monkeypatch.setenv("IHS_API_KEY", KEY)
+    assert read_api_key() == KEY
+    monkeypatch.delenv("IHS_API_KEY")
+    assert read_api_key() is None
+    (tmp_path / "short").write_text("abc")
+    with pytest.raises(IhsError, match="16"):
+        read_api_key(tmp_path / "short")
+    with pytest.raises(IhsError, match="cannot be read"):
+        read_api_key(tmp_path / "absent")
+
+
+def test_timeout_answers_503(guard):
+    import time
+
+    app = create_app(guard, ServeLimits(request_timeout_s=0.2))
+    batcher = app.state.batcher
+    real = batcher._score
+
+    def sleepy(jobs):
+        time.sleep(0.6)
+        real(jobs)
+
+    batcher._score = sleepy
+    with TestClient(app) as c:
+        r = c.post("/v1/score", json={"prompts": ["hi"]})
+    assert r.status_code == 503 and "took over" in r.json()["detail"]
