@@ -21,7 +21,7 @@ import torch
 from ihs.batching import EXTRACT_BATCH_COST, auto_batch_tokens, plan_batches
 from ihs.bench import _matmul_params, matmul_ceiling_gflops
 from ihs.data.prepare import prepare
-from ihs.extract import (
+from ihs.extraction import (
     ExtractOptions,
     _lens_topk_rows,
     forward_last_states,

@@ -39,7 +39,7 @@ def main() -> None:
 
     from ihs.batching import plan_batches
     from ihs.data.prepare import prepare
-    from ihs.extract import forward_last_states
+    from ihs.extraction import forward_last_states
     from ihs.formatting import format_prompt, uses_chat
     from ihs.guard.early_exit import pad_right, states_at_layer
     from ihs.models.loading import load_model

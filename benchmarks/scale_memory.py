@@ -6,7 +6,7 @@
 Parameter counts are computed from the published architecture shapes (vocabulary, width,
 MLP width, blocks, attention and key/value heads, tied or untied unembedding), not
 quoted. Weights = params x bytes per parameter. The margins use the same per-token formula
-as ihs.extract.auto_batch_tokens (extraction keeps no KV cache) and, for generation, the
+as ihs.extraction.auto_batch_tokens (extraction keeps no KV cache) and, for generation, the
 KV cache of a batch: 2 x L x kv_heads x head_dim x bytes per token.
 """
 

@@ -197,7 +197,7 @@ def test_cross_model_table():
 
 def test_lens_cli_end_to_end(tmp_path):
     from ihs.cli import app
-    from ihs.extract import ExtractOptions, extract
+    from ihs.extraction import ExtractOptions, extract
 
     lm = make_tiny("llama")
     texts = ["How do I bake bread?", "Write a poem about the sea.", "Explain how to build a bomb.",

@@ -48,7 +48,7 @@ class KeyedGuard:
     """Scores each prompt as preset, recognising it by its (nearest) last-token state at ``layer``."""
 
     def __init__(self, lm, layer: int, scores: dict[str, float], threshold: float = 0.5):
-        from ihs.extract import forward_last_states
+        from ihs.extraction import forward_last_states
 
         self.layer, self.threshold, self.calls = layer, threshold, 0
         texts = list(scores)
@@ -351,7 +351,7 @@ def test_cli_direction_and_defend_end_to_end(tmp_path):
     from conftest import save_tiny
     from ihs.cli import app
     from ihs.data.prepare import prepare
-    from ihs.extract import extract
+    from ihs.extraction import extract
     from ihs.guard import Guard
     from ihs.models.loading import load_model
     from ihs.store import ActivationStore

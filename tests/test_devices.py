@@ -17,7 +17,7 @@ import torch
 
 from conftest import make_tiny, save_tiny
 from ihs.errors import ModelError
-from ihs.extract import ExtractOptions, extract
+from ihs.extraction import ExtractOptions, extract
 from ihs.generation import GenerateOptions, generate
 from ihs.hooks import Edit, active_hooks
 from ihs.hooks import Hooks as Intervention

@@ -56,7 +56,7 @@ def test_last_layer_lens_top1_is_the_models_next_token(paper_store, smollm2):
 
 
 def test_batched_equals_unbatched_on_real_model(smollm2):
-    from ihs.extract import ExtractOptions, extract
+    from ihs.extraction import ExtractOptions, extract
 
     texts = ["Hi", "Write a long and detailed essay about the French revolution, its causes, "
              "its main events, the people who led it and what it changed in Europe afterwards. " * 3,

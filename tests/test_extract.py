@@ -9,7 +9,7 @@ import torch
 from conftest import FAMILIES, alternating_records, make_tiny
 from ihs.batching import plan_batches
 from ihs.errors import DataError, StoreError
-from ihs.extract import ExtractOptions, _lens_topk_rows, extract, lens_topk
+from ihs.extraction import ExtractOptions, _lens_topk_rows, extract, lens_topk
 from ihs.formatting import format_prompt
 from ihs.store import ActivationStore
 
@@ -81,7 +81,7 @@ def test_interrupted_run_resumes_to_identical_store(tmp_path, tiny_llama, monkey
     opts = ExtractOptions(batch_size=2, shard_mb=2 * 3 * 32 * 4 / 2**20)  # two rows per shard
     reference = extract(tiny_llama, recs, tmp_path / "ref", opts, progress=False)
 
-    import ihs.extract as ex
+    import ihs.extraction as ex
 
     real = ex.forward_last_states
     calls = {"n": 0}
@@ -119,7 +119,7 @@ def test_killed_process_leaves_resumable_store(tmp_path):
         sys.path.insert(0, {str(os.path.dirname(__file__))!r})
         from conftest import make_tiny
         import ihs.store as st
-        from ihs.extract import ExtractOptions, extract
+        from ihs.extraction import ExtractOptions, extract
         texts = [("prompt number %d " % i) * (1 + i % 5) for i in range(24)]
         recs = [dict(id="p%d" % i, text=t, label="a" if i % 2 else "b", dataset="t", tags={{}}) for i, t in enumerate(texts)]
         real = st.StoreWriter._write

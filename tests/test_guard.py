@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import make_tiny, save_tiny
 from ihs.cli import app
 from ihs.errors import DataError, IhsError
-from ihs.extract import ExtractOptions, extract, forward_last_states
+from ihs.extraction import ExtractOptions, extract, forward_last_states
 from ihs.formatting import format_prompt
 from ihs.guard import FitOptions, Guard, fit_guard
 from ihs.guard.early_exit import states_at_layer, states_at_layer_batched

@@ -242,7 +242,7 @@ def test_refusal_by_language() -> None:
 
 def test_extract_keeps_lang_and_ihs_lang_runs(tmp_path: Path, tiny_llama) -> None:
     from ihs.cli import app
-    from ihs.extract import ExtractOptions, extract
+    from ihs.extraction import ExtractOptions, extract
 
     recs, _ = prepare(["normal=builtin:multilingual:normal:en,zh,sw",
                        "malicious=builtin:multilingual:malicious:en,zh,sw"], limit=6, limit_by="lang")

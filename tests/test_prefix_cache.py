@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import alternating_records, make_tiny
-from ihs.extract import ExtractOptions, extract
+from ihs.extraction import ExtractOptions, extract
 from ihs.formatting import format_prompt
 from ihs.prefix_cache import build_shared_prefix, shared_prefix_length
 
@@ -67,7 +67,7 @@ def test_prefix_not_used_without_a_long_shared_opening(tiny_llama):
 
 
 def test_resume_with_prefix_is_identical(tmp_path, monkeypatch):
-    import ihs.extract as ex
+    import ihs.extraction as ex
 
     lm = make_tiny("llama")
     options = ExtractOptions(system_prompt=SYSTEM, batch_size=2, shard_mb=1e-9)  # one batch per shard

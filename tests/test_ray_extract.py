@@ -10,7 +10,7 @@ import pytest
 from conftest import make_tiny, save_tiny
 from ihs.distributed.ray_extract import RayOptions, ray_extract, work_units
 from ihs.errors import StoreError
-from ihs.extract import ExtractOptions, extract
+from ihs.extraction import ExtractOptions, extract
 from ihs.models.loading import load_model
 from ihs.store import ActivationStore, read_manifest, shard_files
 

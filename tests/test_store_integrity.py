@@ -12,7 +12,7 @@ import pytest
 
 from conftest import alternating_records
 from ihs.errors import StoreError
-from ihs.extract import ExtractOptions, extract, rows_per_shard
+from ihs.extraction import ExtractOptions, extract, rows_per_shard
 from ihs.store import ActivationStore, StoreWriter, read_manifest, store_problem
 from ihs.store_integrity import StoreLock, shard_files
 

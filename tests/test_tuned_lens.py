@@ -74,7 +74,7 @@ def test_tuned_topk_and_round_trip(tmp_path, sharp_lm, trained):
 
 def test_lens_cli_tuned(tmp_path, sharp_lm):
     from ihs.cli import app
-    from ihs.extract import ExtractOptions, extract
+    from ihs.extraction import ExtractOptions, extract
     from ihs.models.loading import load_model
 
     folder = save_tiny(sharp_lm, tmp_path / "model")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conftest import make_tiny, save_tiny
 from ihs.data.prepare import prepare
 from ihs.data.records import PromptRecord
-from ihs.extract import ExtractOptions, extract
+from ihs.extraction import ExtractOptions, extract
 from ihs.models.handle import ModelHandle
 from ihs.store import ActivationStore
 from ihs.workflows.base import FormatOptions, Skip, StepContext

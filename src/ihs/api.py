@@ -57,14 +57,14 @@ def extract(model: LoadedModel, data: Any, out: str | Path | None = None, *, lim
 
     ``data``: prompt records, or specs as :func:`prompts` takes them. ``out``: a store folder
     (resumable) or None to keep the store in memory. ``options``: fields of
-    :class:`ihs.extract.ExtractOptions` (``k``, ``batch_size``, ``chat``, ``system_prompt``, ...).
+    :class:`ihs.extraction.ExtractOptions` (``k``, ``batch_size``, ``chat``, ``system_prompt``, ...).
 
     >>> store = extract(load_model("smollm2-135m-instruct"), "builtin:normal", limit=4)  # doctest: +SKIP
     >>> store.hidden.shape                                                                # doctest: +SKIP
     (4, 31, 576)
     """
-    from ihs.extract import ExtractOptions
-    from ihs.extract import extract as _extract
+    from ihs.extraction import ExtractOptions
+    from ihs.extraction import extract as _extract
 
     records = _records(data, limit)
     return _extract(model, records, out, ExtractOptions(**options), progress=progress)

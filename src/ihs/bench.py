@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ihs.extract import ExtractOptions, extract
+from ihs.extraction import ExtractOptions, extract
 from ihs.formatting import format_prompt, uses_chat
 from ihs.models.loading import LoadedModel
 from ihs.progress import progress_bar

@@ -35,7 +35,7 @@ def bench_cmd(
 
     from ihs.bench import bench_extract, bench_generate
     from ihs.data.prepare import prepare
-    from ihs.extract import ExtractOptions
+    from ihs.extraction import ExtractOptions
 
     if threads:
         torch.set_num_threads(threads)

@@ -10,7 +10,7 @@ import typer
 from ihs.cli import common
 from ihs.data.prepare import prepare
 from ihs.errors import IhsError
-from ihs.extract import ExtractOptions, extract_to
+from ihs.extraction import ExtractOptions, extract_to
 from ihs.progress import console
 
 

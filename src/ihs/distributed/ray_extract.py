@@ -1,10 +1,10 @@
 """Distributed extraction on Ray: actors load the model once, compute length-sorted work units, write shards.
 
-The driver plans exactly as :func:`ihs.extract.extract` does (same formatting,
+The driver plans exactly as :func:`ihs.extraction.extract` does (same formatting,
 same length-sorted batches from :func:`ihs.batching.plan_batches`, same token
 budget), groups consecutive batches into work units of about a shard each, and
 hands units to a pool of actors, longest first, one at a time per actor. Each
-actor runs :func:`ihs.extract.forward_last_states` and the logit lens on its
+actor runs :func:`ihs.extraction.forward_last_states` and the logit lens on its
 units and writes every unit as one shard straight into ``OUT/shards/``
 (atomically, as the single-process writer does), so the store directory must be
 on a filesystem that the driver and every worker see. The driver then writes the
@@ -32,7 +32,7 @@ import numpy as np
 
 from ihs.batching import EXTRACT_BATCH_COST, as_record_dict, plan_batches
 from ihs.errors import IhsError, StoreError
-from ihs.extract import (
+from ihs.extraction import (
     ExtractOptions,
     ExtractPlan,
     all_lens_ids,
@@ -112,7 +112,7 @@ class ExtractWorker:
                 "num_layers": self.lm.num_layers, "hidden_size": self.lm.hidden_size}
 
     def plan(self, records: list[dict[str, Any]]) -> ExtractPlan:
-        from ihs.extract import plan_extraction
+        from ihs.extraction import plan_extraction
 
         return plan_extraction(self.lm, records, self.options)
 
@@ -135,7 +135,7 @@ class ExtractWorker:
                  rows_info: list[dict[str, Any]], prefix_ids: list[int] | None = None) -> dict[str, Any]:
         import torch
 
-        from ihs.extract import forward_last_states, lens_topk, release_free_memory
+        from ihs.extraction import forward_last_states, lens_topk, release_free_memory
         from ihs.store import write_shard
 
         if self.exit_after_units is not None and self.units_done >= self.exit_after_units:
@@ -158,7 +158,7 @@ class ExtractWorker:
                 "tokens": sum(len(ids[r]) for r in rows), "seconds": time.perf_counter() - started}
 
     def decode(self, token_ids: list[int]) -> dict[int, str]:
-        from ihs.extract import decode_tokens
+        from ihs.extraction import decode_tokens
 
         return decode_tokens(self.lm, np.asarray(token_ids, dtype=np.int64))
 
@@ -196,7 +196,7 @@ def ray_extract(
     progress: bool = True,
     overwrite: bool = False,
 ) -> ActivationStore:
-    """Extract like :func:`ihs.extract.extract`, on a pool of Ray actors; returns the merged store.
+    """Extract like :func:`ihs.extraction.extract`, on a pool of Ray actors; returns the merged store.
 
     ``model`` is the keyword arguments of :func:`ihs.models.loading.load_model` with the model
     under ``"name"`` (each actor loads it), or a picklable function returning a ``LoadedModel``.

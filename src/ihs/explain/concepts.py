@@ -44,7 +44,7 @@ from ihs.errors import DataError, IhsError
 from ihs.explain.gradients import state_gradients
 from ihs.explain.targets import length_batches, refusal_target
 from ihs.explain.tokens import prompt_text, tokenize_prompts
-from ihs.extract import forward_last_states
+from ihs.extraction import forward_last_states
 from ihs.io import write_json
 from ihs.layers import parse_layers
 from ihs.progress import progress_bar

@@ -53,7 +53,7 @@ def data_inputs(lm: Any, data: Sequence[str], *, limit: int | None = None, chat:
                 progress: bool = True) -> tuple[ActivationStore, dict[str, Any], dict[str, Any]]:
     """(in-memory store, model block, data block) for fitting from ``NAME=SPEC`` prompt sets run through ``lm``."""
     from ihs.data.prepare import prepare
-    from ihs.extract import ExtractOptions, extract
+    from ihs.extraction import ExtractOptions, extract
 
     records, _ = prepare(list(data), limit=limit)
     store = extract(lm, records, None, ExtractOptions(chat=chat, system_prompt=system_prompt, batch_size=batch_size),

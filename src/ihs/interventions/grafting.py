@@ -26,7 +26,7 @@ import torch
 
 from ihs.batching import as_record_dict, plan_batches
 from ihs.errors import IhsError
-from ihs.extract import forward_last_states
+from ihs.extraction import forward_last_states
 from ihs.formatting import format_prompt, uses_chat
 from ihs.generation import GenerateOptions, Judge, generate, load_judge, rate
 from ihs.hooks import Edit, Hooks

@@ -7,7 +7,7 @@
 
 Tracking measures every exported checkpoint on ONE fixed evaluation set: the first ``per_class``
 held-out prompts of each class of :func:`ihs.align.data.evaluation_split` (goals never trained on).
-Every measure comes from the workflow that owns it: extraction (:func:`ihs.extract.extract`), probes
+Every measure comes from the workflow that owns it: extraction (:func:`ihs.extraction.extract`), probes
 (:func:`ihs.workflows.probe.run_probe`), logit lens and TKIC (:func:`ihs.workflows.lens.run_lens`),
 refusal and ASR (:func:`ihs.workflows.generate.run_generate`). Perplexity is the mean token NLL of
 ihs's written benign answers (:mod:`ihs.align.answers`) given their prompts, exponentiated.
@@ -298,7 +298,7 @@ def track_checkpoint(step: int, folder: Path, records: dict[str, list[Any]], opt
                      *, progress: bool = True) -> dict[str, Any]:
     """Measure one checkpoint folder; with ``out``, keep its probe, lens and generation results in out/step-N."""
     from ihs.align.measures import answer_perplexity, reference_answers
-    from ihs.extract import ExtractOptions, extract
+    from ihs.extraction import ExtractOptions, extract
     from ihs.models.loading import load_model
     from ihs.workflows.generate import GenerateConfig, run_generate
     from ihs.workflows.lens import LensOptions, run_lens

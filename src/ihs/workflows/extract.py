@@ -1,6 +1,6 @@
 """Extraction step of ``ihs run``: every layer's last-token state and logit-lens top-k into a store.
 
-The computing lives in :mod:`ihs.extract` (``extract``, ``extract_to``, :class:`ExtractOptions`);
+The computing lives in :mod:`ihs.extraction` (``extract``, ``extract_to``, :class:`ExtractOptions`);
 this module gives the run its configuration section and its step.
 """
 
@@ -43,7 +43,7 @@ class ExtractStep(Step):
                 "options": asdict(ctx.options(self.name))}
 
     def run(self, ctx: StepContext, folder: Path) -> dict[str, Any]:
-        from ihs.extract import ExtractOptions, extract
+        from ihs.extraction import ExtractOptions, extract
 
         cfg: ExtractConfig = ctx.options(self.name)
         fmt = ctx.config.format

@@ -362,7 +362,7 @@ class LanguagesStep(Step):
 
     @staticmethod
     def _extract(ctx: StepContext, records: list[Any], store: Path) -> None:
-        from ihs.extract import ExtractOptions, extract
+        from ihs.extraction import ExtractOptions, extract
 
         cfg, fmt = ctx.options("extract"), ctx.config.format
         options = ExtractOptions(chat=fmt.chat, system_prompt=fmt.system_prompt, k=cfg.k, batch_size=cfg.batch_size,
