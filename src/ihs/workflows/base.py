@@ -55,6 +55,16 @@ class FormatOptions:
     system_prompt: str | None = opt(None, "System prompt for chat formatting.")
 
 
+def format_flags(fmt: FormatOptions | None) -> list[str]:
+    """The command-line flags that give ``fmt`` (for the canonical command a result records)."""
+    flags: list[str] = []
+    if fmt is not None and fmt.chat is not None:
+        flags.append("--chat" if fmt.chat else "--no-chat")
+    if fmt is not None and fmt.system_prompt:
+        flags += ["--system-prompt", fmt.system_prompt]
+    return flags
+
+
 class Skip(Exception):
     """A step that does not apply to this run (e.g. no jailbreak data); its message says why."""
 
@@ -90,6 +100,14 @@ class Result:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(list(self.data)[:6])}{', ...' if len(self.data) > 6 else ''})"
+
+
+class RowsResult(Result):
+    """A result that also carries per-prompt rows (generations), saved beside its JSON by the subclass."""
+
+    def __init__(self, data: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(data)
+        self.rows = rows if rows is not None else []
 
 
 @dataclass

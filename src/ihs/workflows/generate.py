@@ -21,7 +21,16 @@ from typing import Any
 
 from ihs.errors import IhsError
 from ihs.io import read_json, read_jsonl, write_json, write_jsonl
-from ihs.workflows.base import FormatOptions, Result, Skip, Step, StepContext, opt, records_digest
+from ihs.workflows.base import (
+    FormatOptions,
+    RowsResult,
+    Skip,
+    Step,
+    StepContext,
+    format_flags,
+    opt,
+    records_digest,
+)
 
 JUDGE_HELP = ("Refusal judge: phrases (refusal phrases in the first 160 characters, case-insensitive), phrases:N, "
               "gcg (GCG prefixes verbatim), py:module:function, classifier:MODEL[:LABELS].")
@@ -58,23 +67,16 @@ def command_line(model: str, data: Sequence[str], options: GenerateConfig, out: 
         parts += ["--limit", str(options.limit)]
     parts += ["--max-new-tokens", str(options.max_new_tokens), "--batch-size", str(options.batch_size),
               "--judge", options.judge]
-    if fmt is not None and fmt.chat is not None:
-        parts.append("--chat" if fmt.chat else "--no-chat")
-    if fmt is not None and fmt.system_prompt:
-        parts += ["--system-prompt", fmt.system_prompt]
+    parts += format_flags(fmt)
     if out is not None:
         parts += ["--out", str(out)]
     return shlex.join(parts)
 
 
-class GenerateResult(Result):
+class GenerateResult(RowsResult):
     """``refusal.json`` (refusal per class and family, ASR, judge, timing) with the judged generations."""
 
     FILE = "refusal.json"
-
-    def __init__(self, data: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(data)
-        self.rows = rows if rows is not None else []
 
     @property
     def model(self) -> str:

@@ -24,7 +24,16 @@ from typing import Any
 
 from ihs.errors import IhsError
 from ihs.io import read_json, read_jsonl, write_jsonl
-from ihs.workflows.base import FormatOptions, Result, Skip, Step, StepContext, opt, records_digest
+from ihs.workflows.base import (
+    FormatOptions,
+    RowsResult,
+    Skip,
+    Step,
+    StepContext,
+    format_flags,
+    opt,
+    records_digest,
+)
 from ihs.workflows.generate import JUDGE_HELP
 
 GENERATIONS = "generations.jsonl"
@@ -125,23 +134,16 @@ def command_line(model: str, target: str, donor: str, options: GraftConfig, out:
              "--max-new-tokens", str(o.max_new_tokens), "--batch-size", str(o.batch_size), "--judge", o.judge,
              "--examples", str(o.examples)]
     parts += [flag for flag, on in (("--per-pair", o.per_pair), ("--reverse", o.reverse)) if on]
-    if fmt is not None and fmt.chat is not None:
-        parts.append("--chat" if fmt.chat else "--no-chat")
-    if fmt is not None and fmt.system_prompt:
-        parts += ["--system-prompt", fmt.system_prompt]
+    parts += format_flags(fmt)
     if out is not None:
         parts += ["--out", str(out)]
     return shlex.join(parts)
 
 
-class GraftResult(Result):
+class GraftResult(RowsResult):
     """``graft.json``: the forward sweep (baseline, per-layer ASR, reference), the reverse one or null."""
 
     FILE = "graft.json"
-
-    def __init__(self, data: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(data)
-        self.rows = rows if rows is not None else []
 
     @property
     def forward(self) -> dict[str, Any] | None:
