@@ -35,6 +35,12 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         except IhsError as exc:
             typer.secho(f"error: {one_line(str(exc))}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
+        except Exception as exc:
+            if type(exc).__name__ != "SafetensorError":  # a damaged weights file is the user's, not a bug
+                raise
+            typer.secho(f"error: a .safetensors file is damaged or truncated ({one_line(str(exc))}); "
+                        "re-create it", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
