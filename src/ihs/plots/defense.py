@@ -17,9 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def _esc(text: Any) -> str:
-    return str(text).replace("$", r"\$")
+from ihs.plots.style import esc  # noqa: E402
 
 
 def _cls(v: dict[str, Any], label: str, key: str) -> float | None:
@@ -69,7 +67,7 @@ def plot_tradeoff(result: dict[str, Any], path: str | Path, title: str | None = 
     if shown:
         shown[0].legend(fontsize=7, loc="best")
     if title:
-        fig.suptitle(_esc("\n".join(textwrap.wrap(title, 150))), fontsize=7)
+        fig.suptitle(esc("\n".join(textwrap.wrap(title, 150))), fontsize=7)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

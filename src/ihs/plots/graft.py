@@ -21,18 +21,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ihs.plots.style import esc, save_figure  # noqa: E402
+
 LAYER_LABEL = "grafted layer (0 = embedding output, i = output of block i)"
 
 
-def _esc(text: Any) -> str:
-    return str(text).replace("$", r"\$")
-
-
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path.parent, path.stem, formats=(path.suffix.lstrip(".") or "png",))[0]
 
 
 def _panel(ax: Any, sweep: dict[str, Any], metric: str, title: str, reference_label: str | None) -> None:
@@ -48,11 +43,11 @@ def _panel(ax: Any, sweep: dict[str, Any], metric: str, title: str, reference_la
     ref = sweep.get("reference")
     if ref and reference_label:
         ax.axhline(ref[metric], color="C0", ls=":", lw=2,
-                   label=f"{_esc(reference_label)} (n={ref['n']}): {ref[metric]:.2f}")
+                   label=f"{esc(reference_label)} (n={ref['n']}): {ref[metric]:.2f}")
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(LAYER_LABEL)
     ax.set_ylabel("attack success rate (1 - refusal rate)" if metric == "asr" else "refusal rate")
-    ax.set_title(_esc(title), fontsize=10)
+    ax.set_title(esc(title), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
 
@@ -88,10 +83,10 @@ def plot_refusal(summary: dict[str, Any], path: str | Path, title: str = "") -> 
         ax.plot([lo, hi], [y, y], color="0.2", lw=1)
         ax.text(min(max(rate, hi) + 0.01, 0.88), y, f"{rate:.2f} (n={v['n']})", va="center", fontsize=7)
     ax.set_yticks(ys)
-    ax.set_yticklabels([_esc(n) for n, _ in items], fontsize=8)
+    ax.set_yticklabels([esc(n) for n, _ in items], fontsize=8)
     ax.set_xlim(0, 1.05)
     ax.set_xlabel("refusal rate (bars: classes in blue, jailbreak families in orange; lines: 95% CI)")
-    ax.set_title(_esc(title), fontsize=10)
+    ax.set_title(esc(title), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return _save(fig, Path(path))
@@ -107,8 +102,8 @@ def plot_jailbreak(analysis: dict[str, Any], path: str | Path, title: str = "") 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for i, name in enumerate(names):
         g = groups[name]
-        axes[0].plot(layers, g["predicted_malicious_by_layer"], "-", color=f"C{i}", label=f"{_esc(name)} (n={g['n']})")
-        axes[1].plot(layers, g["negative_by_layer"], "-", color=f"C{i}", label=f"{_esc(name)} negative")
+        axes[0].plot(layers, g["predicted_malicious_by_layer"], "-", color=f"C{i}", label=f"{esc(name)} (n={g['n']})")
+        axes[1].plot(layers, g["negative_by_layer"], "-", color=f"C{i}", label=f"{esc(name)} negative")
         axes[1].plot(layers, g["positive_by_layer"], ":", color=f"C{i}", alpha=0.7)
     axes[0].axvline(analysis["early_layer"], color="0.5", ls="--", lw=1)
     axes[0].set_title("probe (normal vs malicious) applied per layer", fontsize=10)
@@ -127,11 +122,11 @@ def plot_jailbreak(analysis: dict[str, Any], path: str | Path, title: str = "") 
             [(groups[n]["mid_negative_share"]["ci95"][1] or m) - m for n, m in zip(bars, means, strict=True)]]
     axes[2].bar(range(len(bars)), means, yerr=errs, color=[f"C{i % 10}" for i in range(len(bars))], alpha=0.8, capsize=3)
     axes[2].set_xticks(range(len(bars)))
-    axes[2].set_xticklabels([f"{_esc(n)}\n(n={groups[n]['n']})" for n in bars], fontsize=7, rotation=20)
+    axes[2].set_xticklabels([f"{esc(n)}\n(n={groups[n]['n']})" for n in bars], fontsize=7, rotation=20)
     axes[2].set_ylabel(f"middle-layer negative share (layers {lo}..{hi})")
     axes[2].set_title("mean share of middle layers with a negative top-k token (95% CI)", fontsize=10)
     axes[2].grid(axis="y", alpha=0.3)
     if title:
-        fig.suptitle(_esc(title), fontsize=11)
+        fig.suptitle(esc(title), fontsize=11)
     fig.tight_layout()
     return _save(fig, Path(path))

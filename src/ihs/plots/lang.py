@@ -16,27 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ihs.plots.probes import LAYER_LABEL  # noqa: E402
-
-
-def esc(text: Any) -> str:
-    """User text for matplotlib: '$' would start math mode (and can raise on bad input)."""
-    return str(text).replace("$", r"\$")
-
-
-def save_figure(fig: Any, out: Path, stem: str, caption: str | None, formats: Sequence[str]) -> list[Path]:
-    """Save ``fig`` as ``out/stem.<fmt>`` for each format, with the command line under it."""
-    if caption:
-        fig.text(0.01, -0.035, esc(caption), fontsize=7, color="0.35", ha="left", va="top", family="monospace")
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in formats:
-        path = out / f"{stem}.{fmt}"
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
-
+from ihs.plots.style import LAYER_LABEL, esc, save_figure  # noqa: E402
 
 _COLOURS = {"en": "black", "zh": "tab:red", "es": "tab:orange", "fr": "tab:blue", "sw": "tab:green",
             "bn": "tab:purple"}
