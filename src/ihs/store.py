@@ -252,7 +252,7 @@ class ActivationStore:
         return cls(
             hidden=hidden[order],
             records=records,
-            manifest=manifest,
+            manifest={k: v for k, v in manifest.items() if k != "shards"},  # the shard table is file layout
             lens_ids=lens_ids[order] if lens_ids is not None else None,
             lens_logits=lens_logits[order] if lens_logits is not None else None,
             lens_tokens=lens_tokens,
