@@ -97,3 +97,29 @@ def test_writer_keeps_lock_until_closed(tmp_path):
     assert (tmp_path / "s" / ".lock").exists()
     writer.close(complete=False)
     assert not (tmp_path / "s" / ".lock").exists()
+
+
+def test_run_recomputes_a_damaged_store_instead_of_reporting_cached(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from conftest import make_tiny, save_tiny
+    from ihs.cli import app
+
+    model = save_tiny(make_tiny("llama"), tmp_path / "tiny")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"models": [str(model)], "limit": 4, "analyses": ["probe"],
+                                      "data": {"normal": "builtin:normal", "malicious": "builtin:malicious"},
+                                      "extract": {"batch_size": 2}, "probe": {"folds": 2}}))
+    args = ["run", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, args)
+    assert "extract: cached" in " ".join(again.output.split())
+    store = next((tmp_path / "run").glob("*/extract/store"))
+    victim = shard_files(store / "shards")[0]
+    victim.write_bytes(victim.read_bytes()[:-10])
+    third = CliRunner().invoke(app, args)
+    text = " ".join(third.output.split())
+    assert third.exit_code == 0 and "extract: cached" not in text and victim.name in text, third.output
+    assert store_problem(store) is None
