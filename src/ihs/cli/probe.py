@@ -35,11 +35,12 @@ def probe_cmd(
     n_jobs: Annotated[int, typer.Option("--n-jobs", "-j", help=help_of(H, "n_jobs"))] = 1,
     formats: Annotated[str, typer.Option(help="Figure formats: png, svg, pdf.")] = "png,svg",
     by: Annotated[str | None, typer.Option(help=help_of(H, "by"))] = None,
+    holdout: Annotated[str | None, typer.Option(help=help_of(H, "holdout"))] = None,
 ) -> None:
     """Weak-to-Strong Explanation: does each layer's last-token state separate the classes?"""
     options = ProbeOptions(classifiers=common.csv(classifiers) or [], mode=mode, classes=common.csv(classes),
                            folds=folds, seed=seed, layers=layers, control=control, bow=bow, cross=cross, ci=ci,
-                           n_jobs=n_jobs, by=by or "auto")
+                           n_jobs=n_jobs, by=by or "auto", holdout=holdout)
     name_list = common.csv(names) if names else [Path(s).name or str(s) for s in stores]
     if len(name_list) != len(stores):
         raise IhsError(f"--names has {len(name_list)} names for {len(stores)} stores")
@@ -102,7 +103,30 @@ def print_summary(result: ProbeResult) -> None:
             console.print(f"  [yellow]warning:[/] {escape(w)}")
     for w in result.data.get("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(w)}")
+    for entry in result.stores:
+        print_holdout(entry)
     for t in result.data.get("cross_transfer", []):
         accs = ", ".join(f"{clf} first>=0.95 at {r['first_layer_95']}, best {max(r['accuracy']):.3f}"
                          for clf, r in t["classifiers"].items())
         console.print(escape(f"transfer {t['train']} -> {t['test']} (n={t['n_test']}): {accs}"))
+
+
+def print_holdout(entry: dict) -> None:
+    """One line per layer of a store's leave-one-group-out probe, and the worst groups at the best layer."""
+    h = entry.get("holdout")
+    if not h:
+        return
+    best = h["best_layer"]
+    console.print(escape(f"{entry['name']}: leave-one-{h['key']}-out, logistic probe per layer (worst / mean group "
+                         f"AUROC); bag-of-words {_f(h['bow']['worst_auroc'])} / {_f(h['bow']['mean_auroc'])}"))
+    console.print("  " + "; ".join(f"{v}: {_f(s['worst_auroc'])} / {_f(s['mean_auroc'])}" for v, s in
+                                   h["per_layer"].items()))
+    if best is not None:
+        s = h["summary"][f"layer {best}"]
+        console.print(escape(f"  best worst-group layer {best}: worst {s['worst_group']} {_f(s['worst_auroc'])}, lowest "
+                             f"TPR {s['min_tpr_group']} {_f(s['min_tpr'])}, highest FPR {s['max_fpr_group']} "
+                             f"{_f(s['max_fpr'])}"))
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"

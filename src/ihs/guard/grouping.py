@@ -22,6 +22,7 @@ per kind.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -123,17 +124,34 @@ def check_groups(values: np.ndarray, key: str) -> list[str]:
     return [str(n) for n in names]
 
 
+@functools.cache
+def builtin_label(name: str) -> str | None:
+    """The label a built-in set gives its rows (``wrapped``: benign, ``reformulated``: malicious), or None."""
+    from ihs.data.builtin import BUILTIN_NAMES, load_builtin
+
+    base = name.split(":", 1)[0]
+    if base not in BUILTIN_NAMES:
+        return None
+    labels = {r.label for r in load_builtin(base)}
+    return labels.pop() if len(labels) == 1 else None
+
+
 def with_class_labels(records: Sequence[dict[str, Any]], benign: Sequence[str] = BENIGN_LABELS,
                       malicious: Sequence[str] = MALICIOUS_LABELS) -> list[dict[str, Any]]:
-    """Records whose set name is not a class (``buried=builtin:buried``, ``multilingual=...``) take their row's
-    ``class`` tag as label when it is one; the set name stays in ``tags["set"]``."""
+    """Records of a set whose name is not a class (``wrapped=builtin:wrapped``, ``buried=builtin:buried``) take
+    their row's ``class`` tag as label when it is a class, else the built-in set's own label; the set name stays
+    in ``tags["set"]``."""
     known = set(benign) | set(malicious)
     out = []
     for r in records:
         r = dict(r)
-        cls = _tags(r).get("class")
-        if str(r.get("label")) not in known and cls in known:
-            r["tags"] = {**_tags(r), "set": r.get("label")}
-            r["label"] = cls
+        if str(r.get("label")) not in known:
+            cls = _tags(r).get("class")
+            dataset = str(r.get("dataset") or "")
+            own = builtin_label(dataset.removeprefix("builtin:")) if dataset.startswith("builtin:") else None
+            new = cls if cls in known else own if own in known else None
+            if new is not None:
+                r["tags"] = {**_tags(r), "set": r.get("label")}
+                r["label"] = new
         out.append(r)
     return out

@@ -233,3 +233,35 @@ def by_kind(records: Sequence[Any], y: np.ndarray, scores: np.ndarray, threshold
                 table[key]["n"] = int(rows.sum())
         out[label] = table
     return out
+
+
+def layerwise_holdout(records: Sequence[dict[str, Any]], hidden: np.ndarray, key: str, layers: Sequence[int], *,
+                      classifier: str = "logreg", benign: str = "pool", target_fpr: float = 0.01, seed: int = 0,
+                      progress: bool = True) -> dict[str, Any]:
+    """Leave-one-group-out of a linear probe on the last-token state of each layer (and bag-of-words once).
+
+    Returns per layer the summary (worst and mean group AUROC, lowest TPR, highest FPR), the layer whose worst
+    group AUROC is highest, and the full group table at that layer beside bag-of-words. Rows whose label is
+    neither benign nor malicious are left out.
+    """
+    from ihs.guard.grouping import with_class_labels
+    from ihs.guard.linear import BENIGN_LABELS, MALICIOUS_LABELS
+
+    recs = with_class_labels(records)
+    known = set(BENIGN_LABELS) | set(MALICIOUS_LABELS)
+    rows = np.asarray([i for i, r in enumerate(recs) if str(r["label"]) in known], dtype=np.int64)
+    recs = [recs[i] for i in rows]
+    feats = Features({"last": np.asarray(hidden)[rows]}, {"last": list(range(np.asarray(hidden).shape[1]))})
+    methods = [legacy_method(feats, int(v), classifier, seed=seed, name=f"layer {v}") for v in layers]
+    methods.append(bow_method([r["text"] for r in recs], by_kind=False))
+    for m in methods[:-1]:
+        m.by_kind = False
+    res = holdout_eval(recs, key, methods, benign=benign, target_fpr=target_fpr, seed=seed, progress=progress)
+    per_layer = {int(v): res["summary"][f"layer {v}"] for v in layers}
+    scored = {v: s for v, s in per_layer.items() if s.get("worst_auroc") is not None}
+    best = max(scored, key=lambda v: (scored[v]["worst_auroc"], scored[v]["mean_auroc"])) if scored else None
+    keep = [f"layer {best}", "bag-of-words"] if best is not None else ["bag-of-words"]
+    groups = {g: {k: v for k, v in e.items() if k in keep or not isinstance(v, dict)} for g, e in res["groups"].items()}
+    return {"key": key, "classifier": classifier, "benign_policy": benign, "target_fpr": target_fpr, "n": len(recs),
+            "per_layer": per_layer, "best_layer": best, "bow": res["summary"]["bag-of-words"],
+            "groups": groups, "methods": keep, "summary": {k: res["summary"][k] for k in keep}}

@@ -10,6 +10,10 @@ from sklearn.metrics import roc_auc_score
 
 from ihs.errors import DataError, IhsError
 
+#: Relative margin above the boundary benign score: the same prompt scored in another batch moves by about 1e-5
+#: (float32 sums in another order), which must not flip the prompt the threshold was set on.
+NOISE_MARGIN = 1e-4
+
 
 def calibrate_threshold(benign_scores: Sequence[float], target_fpr: float) -> float:
     """The lowest threshold t with share(benign_scores > t) <= target_fpr.
@@ -31,7 +35,8 @@ def calibrate_by_kind(benign_scores: Sequence[float], kinds: Sequence[Any], targ
     """A threshold meeting ``target_fpr`` on every benign kind at once, and the realised rate per kind.
 
     Each kind gets its own threshold (:func:`calibrate_threshold` on its scores); the guard takes the
-    highest, so no kind of benign prompt in the calibration set is flagged more often than the target.
+    highest, so no kind of benign prompt in the calibration set is flagged more often than the target, plus
+    :data:`NOISE_MARGIN` (relative) so that batching noise cannot flip the boundary prompt.
     Returns ``(threshold, {kind: {"n", "threshold", "fpr"}})`` where ``fpr`` is read at the common threshold.
     """
     s = np.asarray(benign_scores, dtype=np.float64)
@@ -41,7 +46,8 @@ def calibrate_by_kind(benign_scores: Sequence[float], kinds: Sequence[Any], targ
     if len(s) == 0:
         raise DataError("no benign prompts to calibrate the threshold on")
     per = {str(v): calibrate_threshold(s[k == v], target_fpr) for v in sorted(set(k.tolist()))}
-    threshold = max(per.values())
+    top = max(per.values())
+    threshold = top + NOISE_MARGIN * (1.0 + abs(top))
     report = {v: {"n": int((k == v).sum()), "threshold": t, "fpr": float(np.mean(s[k == v] > threshold))}
               for v, t in per.items()}
     return threshold, report

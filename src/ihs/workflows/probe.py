@@ -46,6 +46,10 @@ class ProbeOptions:
     n_jobs: int = opt(1, "Worker processes across layers.")
     by: str | None = opt("auto", "Also report accuracy per value of this tag, e.g. lang (auto: lang when the "
                                  "store holds two or more languages; none: off).")
+    holdout: str | None = opt(None, "Also leave-one-group-out per layer by this key (family, category, "
+                                    "category:malicious, kind, reformulation, dataset, benign-kind, malicious-kind, any "
+                                    "tag): a logistic probe fitted without each group and scored on it, its threshold "
+                                    "set on the training side, beside bag-of-words under the same splits.")
 
     def validate(self) -> None:
         parse_classifiers(self.classifiers)
@@ -81,6 +85,8 @@ def command_line(stores: list[str], names: list[str] | None, options: ProbeOptio
         parts += ["--out", str(out)]
     if o.by not in (None, "auto"):
         parts += ["--by", o.by]
+    if o.holdout:
+        parts += ["--holdout", o.holdout]
     return shlex.join(parts)
 
 
@@ -162,6 +168,13 @@ def run_probe(stores: Mapping[str, str | Path | ActivationStore], options: Probe
         data = probe_stores(loaded, classifiers, options.mode, options.classes, options.folds, options.seed,
                             options.control, options.bow, options.cross, layers, options.n_jobs, options.ci, advance,
                             by=by)
+    if options.holdout:
+        from ihs.guard.holdout import layerwise_holdout
+
+        for entry, store in zip(data["stores"], loaded.values(), strict=True):
+            chosen = layers if layers is not None else list(range(store.hidden.shape[1]))
+            entry["holdout"] = layerwise_holdout(store.records, store.hidden, options.holdout, chosen,
+                                                 seed=options.seed, progress=progress)
     if command:
         data["command"] = command
     return ProbeResult(data)
