@@ -55,7 +55,7 @@ def test_no_group_or_goal_on_both_sides(records, key):
     y = binary_y(records)
     values = group_of(records, key, y)
     comp = goal_components(records)
-    for name, train, test, evaluate, info in holdout_splits(records, y, values, seed=1):
+    for name, train, test, evaluate, _info in holdout_splits(records, y, values, seed=1):
         held = np.flatnonzero(values == name)
         assert not np.isin(values[train], [name]).any()  # the group never trains
         assert not np.isin(comp[train], comp[held]).any()  # nor any goal it touches

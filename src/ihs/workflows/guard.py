@@ -180,7 +180,7 @@ class GuardResult(Result):
         and family, and the bag-of-words baseline's on the same rows."""
         s = self.held_out()
         if s is None:
-            return None
+            return {"holdout": self.holdout_numbers()} if self.data.get("holdout") else None
         g, b = s["guard"], s.get("bow") or {}
         bo = b.get("overall") or {}
         chosen = (self.card.get("selection") or {}).get("chosen") or {}
@@ -194,6 +194,21 @@ class GuardResult(Result):
         out.update({f"bow_{k}": bo.get(k) for k in ("auroc", "tpr_at_1pct_fpr", "tpr", "fpr", "accuracy")})
         out["by_label"] = {k: {**v, "bow": (b.get("by_label") or {}).get(k)} for k, v in g["by_label"].items()}
         out["by_family"] = {k: {**v, "bow": (b.get("by_family") or {}).get(k)} for k, v in g["by_family"].items()}
+        out["kind"] = self.data.get("kind") or (self.card.get("kind") or {}).get("name")
+        out["blocks_share"] = (self.card.get("cost") or {}).get("blocks_share")
+        out["calibration_by_kind"] = self.card.get("calibration_by_kind")
+        out["holdout"] = self.holdout_numbers()
+        return out
+
+    def holdout_numbers(self) -> dict[str, Any] | None:
+        """Per leave-group-out key and method: worst and mean group AUROC (and the worst group), lowest TPR and
+        highest FPR at the training side's threshold; ``random`` for the random-fold comparison."""
+        h = self.data.get("holdout")
+        if not h:
+            return None
+        out = {key: res["summary"] for key, res in h.get("keys", {}).items()}
+        if h.get("random"):
+            out["random"] = h["random"]["summary"]
         return out
 
 
