@@ -12,6 +12,7 @@ OUT=runs/align
 MODEL=gemma-3-270m
 STEPS=40
 EVERY=10
+STOP=20
 TRACK=(--per-class 24 --max-new-tokens 20)
 STAGES=${STAGES:-sft}
 mkdir -p "$OUT"
@@ -25,10 +26,18 @@ for stage in $STAGES; do
       # LoRA SFT from the base model on the default data (written refusals + answers, training goals only);
       # align_measure.py is `ihs align sft --steps 40 --save-every 10` with the defaults (LoRA r 16, alpha 32,
       # lr 2e-4 linear, batch 4, max length 256) plus a record of wall time, CPU time and peak memory
+      # The measured run was stopped once step $STOP was exported (under a load average of 7-12 on 2 cores a
+      # step took 60-90 s, and 40 steps did not fit the deadline): align_stop.py records its time and peak
+      # memory; the learning-rate schedule is the 40-step one. Checkpoints 0 and 10 were tracked while it
+      # trained (the tracker reuses rows already measured with the same options).
       nice -n 10 .venv/bin/python scripts/align_measure.py --model "$MODEL" --steps $STEPS --save-every $EVERY \
-        --batch-size 4 --max-length 256 --out "$OUT/gemma-sft"
+        --batch-size 4 --max-length 256 --out "$OUT/gemma-sft" &
+      pid=$!
+      .venv/bin/python scripts/align_stop.py --run-dir "$OUT/gemma-sft/run" --pid $pid --step $STOP \
+        --out "$OUT/gemma-sft/stopped.json"
+      wait $pid || true
       nice -n 10 .venv/bin/ihs align track "$OUT/gemma-sft/run" --out "$OUT/gemma-sft-track" "${TRACK[@]}"
-      claims+=("sft=$OUT/gemma-sft-track:$OUT/gemma-sft/measure.json")
+      claims+=("sft=$OUT/gemma-sft-track:$OUT/gemma-sft/stopped.json")
       ;;
     assoc)
       # the same steps and data with the emotion association term on the middle layers

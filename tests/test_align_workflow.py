@@ -75,6 +75,15 @@ def test_cli_track_writes_one_row_per_checkpoint(sft_run, tmp_path):
     for name in ("align_probe.png", "align_lens.png", "align_behaviour.png"):
         assert (out / name).is_file()
     assert (out / "step-000002" / "generate" / "refusal.json").is_file()
+    # a second call reuses the rows measured with the same options (no checkpoint measured twice)
+    cached = out / "step-000002" / "track_row.json"
+    stamp = cached.stat().st_mtime_ns
+    res = CliRunner().invoke(app, ["align", "track", str(sft_run), "--out", str(out), "--per-class", "4",
+                                   "--max-new-tokens", "3", "--perplexity-answers", "2", "--folds", "2",
+                                   "--steps", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert cached.stat().st_mtime_ns == stamp
+    assert read_json(out / "align_track.json")["rows"][0] == data["rows"][1]
     # the evaluation set is the held-out side of the goal split: none of it was trained on
     trained = {json.loads(line)["prompt"] for line in (sft_run / "data" / "sft.jsonl").read_text().splitlines()}
     from ihs.workflows.align import evaluation_records

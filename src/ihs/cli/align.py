@@ -28,7 +28,7 @@ def _train_command(method: str):
     def cmd(
         model: common.Model,
         out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, log, run.json).")],
-        data: Annotated[str | None, typer.Option("--data", help=help_of(A, "data"))] = None,
+        train_data: Annotated[str | None, typer.Option("--data", help=help_of(A, "data"))] = None,
         steps: Annotated[int, typer.Option(help=help_of(A, "steps"))] = 100,
         save_every: Annotated[int, typer.Option(help=help_of(A, "save_every"))] = 25,
         batch_size: Annotated[int, typer.Option(help=help_of(A, "batch_size"))] = 4,
@@ -45,7 +45,7 @@ def _train_command(method: str):
         threads: Annotated[int | None, typer.Option(help=help_of(A, "threads"))] = None,
         progress: common.Progress = True,
     ) -> None:
-        options = AlignOptions(method=method, data=data, steps=steps, save_every=save_every, batch_size=batch_size,
+        options = AlignOptions(method=method, data=train_data, steps=steps, save_every=save_every, batch_size=batch_size,
                                learning_rate=learning_rate, max_length=max_length, lora_r=lora_r,
                                lora_alpha=lora_alpha, beta=beta, association=association, assoc_layers=assoc_layers,
                                assoc_weight=assoc_weight, chat_template=chat_template, seed=seed, threads=threads)

@@ -328,6 +328,28 @@ def track_checkpoint(step: int, folder: Path, records: dict[str, list[Any]], opt
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+ROW_FILE = "track_row.json"
+
+
+def _cached_row(step: int, folder: Path, records: dict[str, list[Any]], options: TrackOptions,
+                out: Path | None) -> dict[str, Any]:
+    """A checkpoint's row, reused from ``out/step-N/track_row.json`` when measured with the same options and
+    checkpoint (so a run can be tracked while it trains, or after an interruption, without measuring twice)."""
+    from ihs.io import read_json, write_json
+
+    same = {k: v for k, v in asdict(options).items() if k != "steps"}
+    cache = out / f"step-{step:06d}" / ROW_FILE if out is not None else None
+    created = read_meta(folder).get("created_at")
+    if cache is not None and cache.is_file():
+        saved = read_json(cache)
+        if saved.get("options") == same and saved.get("created_at") == created:
+            return saved["row"]
+    row = track_checkpoint(step, folder, records, options, out, progress=False)
+    if cache is not None:
+        write_json(cache, {"options": same, "created_at": created, "row": row})
+    return row
+
+
 def read_meta(folder: Path) -> dict[str, Any]:
     """A checkpoint's ``ihs_align.json`` (empty when absent)."""
     from ihs.io import read_json
@@ -356,8 +378,7 @@ def run_track(run_dir: str | Path, options: TrackOptions | None = None, *, out: 
     rows = []
     with progress_bar("tracking checkpoints", total=len(checkpoints), unit="checkpoints", enabled=progress) as adv:
         for step, folder in checkpoints:
-            rows.append(track_checkpoint(step, folder, records, options, Path(out) if out else None,
-                                         progress=False))
+            rows.append(_cached_row(step, folder, records, options, Path(out) if out else None))
             adv(1)
     key = run.get("key", {})
     payload = {"command": command, "run_dir": str(run_dir), "method": key.get("options", {}).get("method"),
