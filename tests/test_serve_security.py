@@ -107,3 +107,34 @@ def test_timeout_answers_503(guard):
     with TestClient(app) as c:
         r = c.post("/v1/score", json={"prompts": ["hi"]})
     assert r.status_code == 503 and "took over" in r.json()["detail"]
+
+
+# -- schemathesis against the real server on loopback (bounded in examples and time) --------------------------
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, settings  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+
+from ihs.guard.serve import BackgroundServer  # noqa: E402
+
+
+def test_fuzzed_requests_never_get_a_server_error(guard):
+    """Every operation of the OpenAPI schema, 25 generated requests each, against uvicorn on loopback."""
+    from hypothesis import given
+
+    limits = ServeLimits(max_prompts=4, max_prompt_chars=200)
+    with BackgroundServer(create_app(guard, limits)) as url:
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert operations
+
+        for operation in operations:
+            @given(operation.as_strategy())
+            @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+            def check(case):
+                response = case.call(base_url=url, timeout=30)
+                case.validate_response(response, checks=[not_a_server_error])
+                assert response.status_code in (200, 405, 413, 415, 422), (response.status_code, response.text)
+                assert response.headers.get("x-content-type-options") == ["nosniff"]
+
+            check()
