@@ -68,7 +68,7 @@ def check_arguments(fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
         check_device(kwargs["device"])
     if kwargs.get("port") is not None:
         check_port(kwargs["port"])
-    if kwargs.get("data"):
+    if isinstance(kwargs.get("data"), list | tuple) and kwargs["data"]:  # NAME=SPEC lists (align's is a folder)
         from ihs.data.classes import check_data_specs
 
         check_data_specs(kwargs["data"])
