@@ -120,6 +120,7 @@ CASES: list[Case] = [
     Case("binary file as a prompt set", lambda e: extract(e, data=("a=" + str(e.file("x.txt", bytes(range(256)) * 4)),)), 2, "."),
     Case("--data with an empty spec", lambda e: extract(e, data=("a=",)), 2, "NAME=SPEC"),
     Case("config: data name with markup", lambda e: ["run", "--config", str(e.config(data={"[red]x": "builtin:normal"})), "--out", str(e.path("run"))], 2, "class name"),
+    Case("config: one class name twice", lambda e: ["run", "--config", str(e.file("c.yaml", "models: [x]\ndata:\n  normal: builtin:normal\n  normal: builtin:malicious\n")), "--out", str(e.path("run"))], 2, "given twice"),
     # -- numbers, devices, ports --
     Case("--k 0", lambda e: extract(e, "--k", "0", data=D), 2, "--k must be a positive integer"),
     Case("--batch-size 0", lambda e: extract(e, "--batch-size", "0", data=D), 2, "positive"),

@@ -137,7 +137,7 @@ def load(path: str | Path) -> Any:
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_keys_loader())  # noqa: S506 - safe loader
     except FileNotFoundError:
         raise IhsError(f"config file not found: {path}") from None
     except IsADirectoryError:
@@ -228,3 +228,20 @@ def config_yaml(config: Any | None = None) -> str:
                                         allow_unicode=True).rstrip())
         lines.append("")
     return "\n".join(lines)
+
+
+def _unique_keys_loader() -> type:
+    """yaml's SafeLoader refusing a key given twice in one mapping (two prompt sets under one name would
+    otherwise keep only the last, silently)."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+            repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+            if repeated:
+                raise IhsError(f"config: key {repeated[0]!r} is given twice (line {node.start_mark.line + 1}); "
+                               "give each entry once")
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeys
