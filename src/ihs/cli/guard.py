@@ -66,6 +66,7 @@ def fit_cmd(
     refusal: Annotated[bool, typer.Option("--refusal/--no-refusal", help=help_of(K, "refusal"))] = True,
     select_key: Annotated[str, typer.Option(help=help_of(K, "select_key"))] = "auto",
     select_folds: Annotated[int, typer.Option(help=help_of(K, "select_folds"))] = 4,
+    sets: Annotated[str | None, typer.Option(help=help_of(K, "sets") + " Comma-separated.")] = None,
     dtype: common.Dtype = "float32",
     device: common.Device = None,
     chat: common.Chat = None,
@@ -80,7 +81,8 @@ def fit_cmd(
                               target_fpr=target_fpr, test_frac=test_frac, calib_frac=calib_frac, tolerance=tolerance,
                               seed=seed, benign=common.csv(benign), malicious=common.csv(malicious))
     kinds = GuardKindOptions(kind=kind, poolings=common.csv(poolings) or [], heads=common.csv(heads) or [],
-                             refusal=refusal, select_key=select_key, select_folds=select_folds)
+                             refusal=refusal, select_key=select_key, select_folds=select_folds,
+                             sets=common.csv(sets))
     options.validate()
     kinds.validate()
     if store or (data and kind == "last"):
@@ -153,6 +155,9 @@ def features_cmd(
     limit: common.Limit = None,
     limit_by: Annotated[str | None, typer.Option(help="Apply --limit per class and value of this tag (e.g. lang).")]
     = None,
+    sample: Annotated[int | None, typer.Option(help="A seeded random N prompts of each set (--limit keeps the first "
+                                               "N; built-in files are ordered by category).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of --sample.")] = 0,
     layers: Annotated[str | None, typer.Option(help="Layers of the pooled states and refusal margins, in the layer "
                                                "grammar (default: about eleven evenly spaced, 0 and L included); the "
                                                "last token is kept at every layer.")] = None,
@@ -166,7 +171,8 @@ def features_cmd(
 ) -> None:
     """Run the model once over prompt sets and keep what any guard kind could read (a feature bank)."""
     lm = common.load_model(model, dtype=dtype, device=device)
-    bank = run_guard_features(lm, data, out=common.out_dir(out), limit=limit, limit_by=limit_by, chat=chat,
+    bank = run_guard_features(lm, data, out=common.out_dir(out), limit=limit, limit_by=limit_by, sample=sample,
+                              seed=seed, chat=chat,
                               system_prompt=system_prompt, layers=layers, poolings=common.csv(poolings) or [],
                               refusal=refusal, batch_size=batch_size)
     layers_kept = ", ".join(f"{k} {len(v)}" for k, v in bank.features.layers.items())
@@ -226,9 +232,13 @@ def eval_cmd(
     compare: Annotated[list[str] | None, typer.Option(
         "--compare", help="With --holdout: also NAME=GUARD_DIR (a guard of the same model) or NAME=KIND (a kind name "
         "such as last@17/logreg) under the same splits; repeatable.")] = None,
+    exclude: Annotated[list[Path] | None, typer.Option(
+        "--exclude", help="Also leave out the prompts this guard was trained or calibrated on (compare guards on the "
+        "same rows); repeatable.")] = None,
     benign_policy: Annotated[str, typer.Option(help=help_of(E, "benign_policy"))] = "pool",
     random_folds: Annotated[int, typer.Option(help=help_of(E, "random_folds"))] = 5,
     nested: Annotated[bool, typer.Option("--nested", help=help_of(E, "nested"))] = False,
+    min_group: Annotated[int, typer.Option(help=help_of(E, "min_group"))] = 2,
     generations: Annotated[list[Path] | None, typer.Option(
         "--generations", "-g", help="`ihs generate` output (dir or generations.jsonl) for the refusal baseline; "
         "repeatable.")] = None,
@@ -242,11 +252,14 @@ def eval_cmd(
     refusal; with --holdout, per held-out group under leave-one-group-out."""
     if benign_policy not in ("pool", "own"):
         raise IhsError(f"unknown benign policy {benign_policy!r}; use pool or own")
+    if min_group < 2:
+        raise IhsError(f"--min-group must be at least 2, got {min_group}")
     guard = load_guard(guard_dir, model=model, attach=bool(data))
     options = GuardEvalOptions(bow=not no_bow, limit=limit, holdout=holdout or [], benign_policy=benign_policy,
-                               random_folds=random_folds, nested=nested)
+                               random_folds=random_folds, nested=nested, min_group=min_group)
     result = run_guard_eval(guard, options, guard_dir=guard_dir, stores=store or [], data=data or [],
-                            banks=bank or [], generations=generations or [], compare=_compare(compare or []))
+                            banks=bank or [], generations=generations or [], compare=_compare(compare or []),
+                            exclude=[load_guard(p, attach=False) for p in exclude or []])
     typer.echo(result.table())
     if out:
         result.save(common.out_dir(out))

@@ -193,7 +193,7 @@ def _as_group(m: dict[str, Any] | None) -> dict[str, Any] | None:
     (against every benign row of the set) and TPR, not the other class's rates."""
     if m is None:
         return None
-    if m.get("n") == m.get("n_benign"):
+    if m.get("cls") == "benign":
         return {"n_benign": m.get("n"), "fpr": m.get("fpr")}
     return {**m, "fpr": None, "accuracy": None}
 

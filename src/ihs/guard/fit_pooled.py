@@ -29,7 +29,7 @@ from ihs.analysis.group_splits import goal_components, stratified_components
 from ihs.data.validate import dedupe_key
 from ihs.errors import DataError, IhsError
 from ihs.guard.bank import FeatureBank
-from ihs.guard.features import REFUSAL, FeatureSpec
+from ihs.guard.features import FeatureSpec
 from ihs.guard.grouping import kind_of
 from ihs.guard.guard import Guard
 from ihs.guard.heads import Recipe, fit_head
@@ -41,10 +41,21 @@ from ihs.guard.select import SelectOptions, select_recipe
 
 @dataclass
 class PooledFitOptions:
-    """Splits, the kind search (``select``) or a fixed ``recipe``, calibration."""
+    """Splits, the kind search (``select``) or a fixed ``recipe``, calibration.
+
+    ``legacy``: today's recipe on the same split: the last token's state at one layer, layer and linear probe
+    by grouped random-fold CV (``legacy_layers``, ``legacy_classifiers``, earliest layer within ``tolerance``),
+    one threshold over all calibration benign prompts. ``sets``: fit and calibrate on the rows of these sets
+    only (the split is still drawn over every row, so the test split is the same as for a guard of all sets).
+    """
 
     select: SelectOptions = field(default_factory=SelectOptions)
     recipe: Recipe | None = None
+    legacy: bool = False
+    legacy_layers: Sequence[int] | None = None
+    legacy_classifiers: Sequence[str] = ("logreg", "svm", "diffmean")
+    tolerance: float = 0.005
+    sets: Sequence[str] | None = None
     target_fpr: float = 0.01
     test_frac: float = 0.2
     calib_frac: float = 0.25
@@ -106,6 +117,34 @@ def _guard_spec(bank: FeatureBank, recipe: Recipe) -> FeatureSpec:
                        compliance_ids=list(spec.compliance_ids) if recipe.refusal else [])
 
 
+def _fit_legacy(feats: Any, y: np.ndarray, tr: np.ndarray, cal: np.ndarray, comp: np.ndarray, bank: FeatureBank,
+                options: PooledFitOptions, progress: Callable[[int], None] | None) -> Guard:
+    """Today's recipe (``ihs.guard.fit``'s layer and probe choice, ``Guard.fit_states``) on the given split."""
+    from ihs.guard.fit import select_layer
+
+    layers = list(options.legacy_layers) if options.legacy_layers is not None else feats.layers["last"]
+    H = feats.arrays["last"][tr]
+    pos = {v: i for i, v in enumerate(feats.layers["last"])}
+    missing = [v for v in layers if v not in pos]
+    if missing:
+        raise IhsError(f"the features hold no last-token state at layer {missing[0]}")
+    Hl = H[:, [pos[v] for v in layers]]
+    selection = select_layer(Hl, y[tr].astype(int), comp[tr], list(range(len(layers))),
+                             list(options.legacy_classifiers), options.folds, options.seed, options.tolerance, progress)
+    chosen = selection["chosen"]
+    if chosen is None:
+        raise DataError("cross-validation gave no usable AUROC at any layer")
+    chosen["layer"] = layers[chosen["layer"]]
+    selection["layers"] = layers
+    layer = chosen["layer"]
+    X = feats.take("last", [layer], tr)[:, 0]
+    guard = Guard.fit_states(X, y[tr].astype(int), layer=layer, classifier=chosen["classifier"],
+                             calibration=feats.take("last", [layer], cal)[:, 0], target_fpr=options.target_fpr,
+                             model=dict(bank.model), folds=options.folds, seed=options.seed, groups=comp[tr])
+    guard.card["selection"] = selection
+    return guard
+
+
 def fit_pooled_guard(bank: FeatureBank, options: PooledFitOptions | None = None,
                      progress: Callable[[int], None] | None = None) -> Guard:
     """The whole recipe on a feature bank (see the module docstring); returns the calibrated guard."""
@@ -117,11 +156,17 @@ def fit_pooled_guard(bank: FeatureBank, options: PooledFitOptions | None = None,
     recs = [bank.records[i] for i in rows]
     feats = bank.features.subset(rows)
     split = goal_split(recs, y, options.test_frac, options.calib_frac, options.seed)
+    if options.sets:
+        allowed = np.asarray([kind_of(r) in set(options.sets) for r in recs], dtype=bool)
+        split = {"train": split["train"][allowed[split["train"]]],
+                 "calibration": split["calibration"][allowed[split["calibration"]]], "test": split["test"]}
     tr, cal, te = split["train"], split["calibration"], split["test"]
     if min(int(y[tr].sum()), int((~y[tr]).sum())) < options.folds:
         raise DataError(f"too few training prompts: {int((~y[tr]).sum())} benign, {int(y[tr].sum())} malicious")
     selection = None
-    if options.recipe is None:
+    if options.legacy:
+        recipe = None
+    elif options.recipe is None:
         selection = select_recipe(feats.subset(tr), [recs[i] for i in tr], y[tr], options.select, progress)
         recipe = Recipe.from_dict(selection["chosen"])
     else:
@@ -130,13 +175,16 @@ def fit_pooled_guard(bank: FeatureBank, options: PooledFitOptions | None = None,
         if missing:
             raise IhsError(f"the features hold no {missing[0]} at layers {list(recipe.layers)}")
     comp = goal_components(recs)
-    head = fit_head(recipe.head, recipe.design(feats, tr), y[tr].astype(int), folds=options.folds, seed=options.seed,
-                    groups=comp[tr])
-    guard = Guard(layer=recipe.deepest, threshold=0.5, threshold_logit=0.0, weight=np.zeros(0), bias=0.0,
-                  target_fpr=options.target_fpr, model=dict(bank.model), recipe=recipe, head=head,
-                  spec=_guard_spec(bank, recipe))
-    cal_feats = feats.subset(cal)
-    guard.calibrate(cal_feats, options.target_fpr, kinds=[kind_of(recs[i]) for i in cal])
+    if options.legacy:
+        guard = _fit_legacy(feats, y, tr, cal, comp, bank, options, progress)
+        recipe, selection = guard.recipe, guard.card.pop("selection")
+    else:
+        head = fit_head(recipe.head, recipe.design(feats, tr), y[tr].astype(int), folds=options.folds,
+                        seed=options.seed, groups=comp[tr])
+        guard = Guard(layer=recipe.deepest, threshold=0.5, threshold_logit=0.0, weight=np.zeros(0), bias=0.0,
+                      target_fpr=options.target_fpr, model=dict(bank.model), recipe=recipe, head=head,
+                      spec=_guard_spec(bank, recipe))
+        guard.calibrate(feats.subset(cal), options.target_fpr, kinds=[kind_of(recs[i]) for i in cal])
     test: dict[str, Any] = {}
     if len(te):
         d = guard.decision_features(feats.subset(te))
@@ -151,7 +199,7 @@ def fit_pooled_guard(bank: FeatureBank, options: PooledFitOptions | None = None,
         return out
 
     guard.card.update({
-        "warnings": [], "recipe": "pooled",
+        "warnings": [], "recipe": "last-token, one layer, linear probe (today's)" if options.legacy else "pooled",
         "data": {**bank.info, "benign_labels": list(options.benign), "malicious_labels": list(options.malicious),
                  "n_rows": len(bank.records), "n_used": int(len(rows)), "bank": bank.info.get("path")},
         "splits": {"seed": options.seed, "test_frac": options.test_frac, "calib_frac": options.calib_frac,
@@ -160,6 +208,5 @@ def fit_pooled_guard(bank: FeatureBank, options: PooledFitOptions | None = None,
                    "counts": {k: counts(v) for k, v in split.items()},
                    "ids": {k: [str(recs[i]["id"]) for i in v] for k, v in split.items()}},
         "selection": selection, "test": test, "fit_seconds": time.perf_counter() - t0,
-        "features_available": {k: v for k, v in bank.features.layers.items() if k != REFUSAL or recipe.refusal},
     })
     return guard

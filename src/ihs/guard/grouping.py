@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from ihs.errors import IhsError
 from ihs.guard.linear import BENIGN_LABELS, MALICIOUS_LABELS
 
 #: tags naming a row's finest kind, in the order they are tried
-SUBKIND_TAGS: tuple[str, ...] = ("family", "reformulation", "kind", "position", "form", "category", "lang")
+SUBKIND_TAGS: tuple[str, ...] = ("family", "reformulation", "kind", "position", "form", "lang", "category")
 DERIVED_KEYS: tuple[str, ...] = ("auto", "malicious-kind", "benign-kind")
 
 
@@ -47,9 +48,15 @@ def _tags(record: Any) -> dict[str, Any]:
 
 
 def kind_of(record: Any) -> str:
-    """The record's set as a short name: a built-in set's name, else its dataset (a file spec or a name)."""
+    """The record's set as a short name: a built-in set's name, a file's name without its suffix (and without a
+    ``:column``), else its dataset as given (``hf:...``)."""
     dataset = str(_field(record, "dataset") or _field(record, "label") or "?")
-    return dataset.removeprefix("builtin:").split(":", 1)[0] if dataset.startswith("builtin:") else dataset
+    if dataset.startswith("builtin:"):
+        return dataset.removeprefix("builtin:").split(":", 1)[0]
+    if dataset.startswith("hf:"):
+        return dataset
+    path = dataset.rsplit(":", 1)[0] if ":" in dataset.rsplit("/", 1)[-1] else dataset
+    return PurePath(path).stem or dataset
 
 
 def subkind_of(record: Any) -> str:

@@ -44,6 +44,7 @@ class Method:
     name: str
     factory: ScorerFactory
     by_kind: bool = True
+    allowed: np.ndarray | None = None  # rows it may fit and calibrate on (a guard fitted on some sets only)
 
 
 def recipe_method(feats: Features, recipe: Recipe, name: str | None = None, seed: int = 0) -> Method:
@@ -143,12 +144,13 @@ def run_splits(splits: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, d
             entry = dict(info, n_train=int(len(fit)), n_calibration=int((~y[cal]).sum()))
             for m in methods:
                 advance(1)
-                if y[fit].all() or not y[fit].any() or not (~y[cal]).any():
+                fit_m, cal_m = (fit, cal) if m.allowed is None else (fit[m.allowed[fit]], cal[m.allowed[cal]])
+                if y[fit_m].all() or not y[fit_m].any() or not (~y[cal_m]).any():
                     entry[m.name] = {"skipped": "the training side lacks a class (its goals all sit in the group)"}
                     continue
                 with threadpool_limits(limits=1, user_api="blas"):
-                    score = m.factory(fit, y[fit])
-                    cal_benign = cal[~y[cal]]
+                    score = m.factory(fit_m, y[fit_m])
+                    cal_benign = cal_m[~y[cal_m]]
                     thr = _threshold(np.asarray(score(cal_benign)), kinds[cal_benign], m.by_kind, target_fpr)
                     entry[m.name] = set_metrics(y[evaluate], np.asarray(score(evaluate)), thr)
             groups[name] = entry
@@ -180,20 +182,31 @@ def summarise(groups: dict[str, dict[str, Any]], names: Sequence[str]) -> dict[s
 
 def holdout_eval(records: Sequence[Any], key: str, methods: Sequence[Method], *, benign: str = "pool",
                  pool_fraction: float = 0.2, calib_fraction: float = 0.25, target_fpr: float = 0.01, seed: int = 0,
-                 progress: bool = True) -> dict[str, Any]:
-    """Leave-one-group-out over ``key`` (see :mod:`ihs.guard.grouping` for keys) for every method."""
+                 min_group: int = 2, progress: bool = True) -> dict[str, Any]:
+    """Leave-one-group-out over ``key`` (see :mod:`ihs.guard.grouping` for keys) for every method.
+
+    A group of one prompt is an error; with ``min_group`` above 2, groups of fewer prompts are not held out
+    (their rows train in every split) and are listed under ``too_small``.
+    """
     y = binary_y(records)
     if y.all() or not y.any():
         raise IhsError(f"leave-group-out needs benign and malicious prompts; got {int((~y).sum())} benign, "
                        f"{int(y.sum())} malicious")
     values = group_of(records, key, y)
+    small: dict[str, int] = {}
+    if min_group > 2:  # groups too small to read a rate from stay ungrouped (free to train), listed in the result
+        names, counts = np.unique(np.asarray([v for v in values if v is not None], dtype=str), return_counts=True)
+        small = {str(n): int(c) for n, c in zip(names, counts, strict=True) if c < min_group}
+        values = np.asarray([None if v is not None and str(v) in small else v for v in values], dtype=object)
+        if small and all(v is None for v in values):
+            raise IhsError(f"every group of key {key!r} has fewer than {min_group} prompts (--min-group)")
     check_groups(values, key)
     splits = holdout_splits(records, y, values, benign=benign, pool_fraction=pool_fraction, seed=seed)
     res = run_splits(splits, methods, y, records, calib_fraction=calib_fraction, target_fpr=target_fpr, seed=seed,
                      progress=progress, description=f"leave-{key}-out")
     return {"protocol": "leave-one-group-out", "key": key, "benign_policy": benign, "pool_fraction": pool_fraction,
-            "calib_fraction": calib_fraction, "target_fpr": target_fpr, "seed": seed,
-            "methods": [m.name for m in methods], **res}
+            "calib_fraction": calib_fraction, "target_fpr": target_fpr, "seed": seed, "min_group": min_group,
+            "too_small": small, "methods": [m.name for m in methods], **res}
 
 
 def random_folds_eval(records: Sequence[Any], methods: Sequence[Method], *, folds: int = 5,
@@ -230,7 +243,7 @@ def by_kind(records: Sequence[Any], y: np.ndarray, scores: np.ndarray, threshold
                 sel = rows | (y != cls)
                 key = name if (m & (y != cls)).sum() == 0 else f"{name} ({'malicious' if cls else 'benign'})"
                 table[key] = set_metrics(y[sel], s[sel], threshold)
-                table[key]["n"] = int(rows.sum())
+                table[key].update(n=int(rows.sum()), cls="malicious" if cls else "benign")
         out[label] = table
     return out
 

@@ -88,19 +88,34 @@ def prompt_records(data: Sequence[str] | None, prompts: Sequence[str] | None = N
                       for i, t in enumerate(prompts or [])]
 
 
-def data_records(data: Sequence[str], *, limit: int | None = None, limit_by: str | None = None) -> list[dict[str, Any]]:
-    """Cleaned records of ``NAME=SPEC`` sets as dicts, a row's ``class`` tag taken as its label where the set name
-    is not a class (``buried=builtin:buried``)."""
+def data_records(data: Sequence[str], *, limit: int | None = None, limit_by: str | None = None,
+                 sample: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Cleaned records of ``NAME=SPEC`` sets as dicts, a row's ``class`` tag (or a built-in set's own label) taken
+    as its label where the set name is not a class (``buried=builtin:buried``, ``wrapped=builtin:wrapped``).
+
+    ``sample``: a seeded random ``sample`` rows of each set (in file order), where ``limit`` keeps the first ones;
+    the built-in files are ordered by category, so their first rows cover few categories.
+    """
     from ihs.batching import as_record_dict
     from ihs.data.prepare import prepare
     from ihs.guard.grouping import with_class_labels
 
     records, _ = prepare(list(data), limit=limit, limit_by=limit_by)
-    return with_class_labels([as_record_dict(r) for r in records])
+    out = with_class_labels([as_record_dict(r) for r in records])
+    if sample is not None:
+        if sample <= 0:
+            raise IhsError(f"--sample must be positive, got {sample}")
+        rng = np.random.default_rng(seed)
+        keep: set[int] = set()
+        for dataset in dict.fromkeys(r["dataset"] for r in out):
+            rows = [i for i, r in enumerate(out) if r["dataset"] == dataset]
+            keep.update(rows if len(rows) <= sample else rng.choice(rows, size=sample, replace=False).tolist())
+        out = [r for i, r in enumerate(out) if i in keep]
+    return out
 
 
 def bank_inputs(lm: Any, data: Sequence[str], *, limit: int | None = None, limit_by: str | None = None,
-                chat: bool | None = None, system_prompt: str | None = None, layers: Sequence[int] | None = None,
+                sample: int | None = None, seed: int = 0, chat: bool | None = None, system_prompt: str | None = None, layers: Sequence[int] | None = None,
                 poolings: Sequence[str] | None = None, refusal: bool = True, ema_halflife: float = 8.0,
                 batch_size: int = 16, max_batch_tokens: int = 4096, progress: bool = True) -> Any:
     """A :class:`ihs.guard.bank.FeatureBank` of ``NAME=SPEC`` sets run once through ``lm``."""
@@ -108,11 +123,11 @@ def bank_inputs(lm: Any, data: Sequence[str], *, limit: int | None = None, limit
     from ihs.guard.features import POOLINGS
     from ihs.progress import progress_bar
 
-    records = data_records(data, limit=limit, limit_by=limit_by)
+    records = data_records(data, limit=limit, limit_by=limit_by, sample=sample, seed=seed)
     model = model_info(lm, chat=chat, system_prompt=system_prompt)
     spec = bank_spec(lm, chat=model["chat"], system_prompt=system_prompt, pooled_layers=layers,
                      poolings=poolings or POOLINGS, refusal=refusal, ema_halflife=ema_halflife)
-    info = {"specs": list(data), "limit": limit, "limit_by": limit_by}
+    info = {"specs": list(data), "limit": limit, "limit_by": limit_by, "sample": sample, "seed": seed}
     with progress_bar(f"features (blocks 1..{spec.deepest})", total=len(records), enabled=progress) as advance:
         return build_bank(lm, records, spec, model, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                           info=info, progress=advance)

@@ -102,7 +102,7 @@ def guard_method(guard: Guard, feats: Features, name: str | None = None) -> Meth
 
 def holdout_for_guard(guard: Guard, keys: Sequence[str], *, compare: Sequence[tuple[str, Guard | str]] = (),
                       bow: bool = True, nested: Any = None, benign: str = "pool", random_folds: int = 5,
-                      seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                      min_group: int = 2, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Leave-one-group-out over each key on the guard's training pool (its bank or stores), for the guard's kind,
     the ``compare`` kinds (a saved guard or a kind name, with a display name), bag-of-words and, with ``nested``
     (selection options), a guard whose kind is chosen again inside every split."""
@@ -120,7 +120,13 @@ def holdout_for_guard(guard: Guard, keys: Sequence[str], *, compare: Sequence[tu
         if isinstance(other, Guard):
             if other.fingerprint != guard.fingerprint:
                 raise IhsError(f"compared guard {label!r} was fitted on another model")
-            methods.append(guard_method(other, feats, label))
+            method = guard_method(other, feats, label)
+            sets = (other.card.get("data") or {}).get("sets")
+            if sets:  # a guard fitted on some sets only fits and calibrates on those in every split too
+                from ihs.guard.grouping import kind_of
+
+                method.allowed = np.asarray([kind_of(r) in set(sets) for r in recs], dtype=bool)
+            methods.append(method)
         else:
             recipe = parse_kind(other, int(guard.model.get("num_layers") or guard.layer))
             methods.append(recipe_method(feats, recipe, name=label))
@@ -133,7 +139,7 @@ def holdout_for_guard(guard: Guard, keys: Sequence[str], *, compare: Sequence[tu
     common = {"target_fpr": guard.target_fpr, "seed": seed, "progress": progress}
     out: dict[str, Any] = {"n": len(recs), "methods": [m.name for m in methods], "keys": {}}
     for key in keys:
-        out["keys"][key] = holdout_eval(recs, key, methods, benign=benign, **common)
+        out["keys"][key] = holdout_eval(recs, key, methods, benign=benign, min_group=min_group, **common)
     if random_folds:
         out["random"] = random_folds_eval(recs, methods, folds=random_folds, **common)
     return out

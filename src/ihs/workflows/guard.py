@@ -98,6 +98,8 @@ class GuardKindOptions:
     select_key: str = opt("auto", "With --kind auto: the group key whose groups the selection folds hold out "
                                   "(auto: every family, reformulation, kind, position, category and form).")
     select_folds: int = opt(4, "With --kind auto: folds of whole groups for the selection.")
+    sets: list[str] | None = opt(None, "With --bank: fit on the rows of these sets only (their short names, e.g. "
+                                       "normal,malicious,contrast,jailbreak); null: every set.")
 
     def validate(self) -> None:
         bad = [p for p in self.poolings if p not in POOLINGS] + [h for h in self.heads if h not in HEADS]
@@ -125,6 +127,8 @@ class GuardEvalOptions:
                                      "the other class) or own (only their own rows: TPR or FPR, no AUROC).")
     random_folds: int = opt(5, "With holdout: the same methods on this many random goal-level folds (0: off).")
     nested: bool = opt(False, "With holdout: also a guard whose kind is chosen again inside every training side.")
+    min_group: int = opt(2, "With holdout: groups with fewer prompts are not held out (they train in every split) and "
+                            "are listed; 2 (the least): a group of one prompt is an error.")
 
 
 @dataclass(kw_only=True)
@@ -234,7 +238,7 @@ def run_guard_fit(store: ActivationStore, options: GuardFitOptions | None = None
 
 
 def run_guard_features(lm: Any, data: Sequence[str], out: str | Path | None = None, *, limit: int | None = None,
-                       limit_by: str | None = None, chat: bool | None = None, system_prompt: str | None = None,
+                       limit_by: str | None = None, sample: int | None = None, seed: int = 0, chat: bool | None = None, system_prompt: str | None = None,
                        layers: str | None = None, poolings: Sequence[str] = POOLINGS, refusal: bool = True,
                        ema_halflife: float = 8.0, batch_size: int = 16, progress: bool = True) -> Any:
     """Run ``lm`` once over ``NAME=SPEC`` sets and keep what any candidate guard could read (a feature bank):
@@ -243,7 +247,7 @@ def run_guard_features(lm: Any, data: Sequence[str], out: str | Path | None = No
     from ihs.guard.inputs import bank_inputs
 
     grid = parse_layers(layers, lm.num_layers) if layers else None
-    bank = bank_inputs(lm, data, limit=limit, limit_by=limit_by, chat=chat, system_prompt=system_prompt, layers=grid,
+    bank = bank_inputs(lm, data, limit=limit, limit_by=limit_by, sample=sample, seed=seed, chat=chat, system_prompt=system_prompt, layers=grid,
                        poolings=poolings, refusal=refusal, ema_halflife=ema_halflife, batch_size=batch_size,
                        progress=progress)
     if out is not None:
@@ -262,38 +266,47 @@ def run_guard_fit_bank(bank: Any, options: GuardFitOptions | None = None, kind: 
     options, kind = options or GuardFitOptions(), kind or GuardKindOptions()
     options.validate()
     kind.validate()
-    info = {**bank.info, "bank": bank.info.get("path")}
-    if kind.kind == "last":
-        from ihs.store import ActivationStore
+    info = {**bank.info, "bank": bank.info.get("path"), "sets": list(kind.sets) if kind.sets else None}
+    if kind.sets:
+        from ihs.guard.grouping import kind_of
 
-        last = bank.features.arrays["last"]
-        store = ActivationStore(hidden=last, records=bank.records, manifest={})
-        return run_guard_fit(store, options, model=bank.model, data_info=info, progress=progress)
+        present = sorted({kind_of(r) for r in bank.records})
+        if any(s not in present for s in kind.sets):
+            raise IhsError(f"--sets {','.join(kind.sets)}: the bank holds the sets {', '.join(present)}")
     num_layers = bank.num_layers
+    layers = parse_layers(options.layers, num_layers) if options.layers else None
     select = SelectOptions(poolings=kind.poolings, heads=kind.heads, refusal=kind.refusal, key=kind.select_key,
-                           folds=kind.select_folds, seed=options.seed, tolerance=options.tolerance,
-                           layers=parse_layers(options.layers, num_layers) if options.layers else None)
-    fit = PooledFitOptions(select=select, recipe=None if kind.kind == "auto" else parse_kind(kind.kind, num_layers),
+                           folds=kind.select_folds, seed=options.seed, tolerance=options.tolerance, layers=layers)
+    legacy = kind.kind == "last"
+    fit = PooledFitOptions(select=select, recipe=None if kind.kind in ("auto", "last") else parse_kind(kind.kind, num_layers),
+                           legacy=legacy, legacy_layers=layers, legacy_classifiers=list(options.classifiers),
+                           tolerance=options.tolerance, sets=kind.sets,
                            target_fpr=options.target_fpr, test_frac=options.test_frac, calib_frac=options.calib_frac,
                            folds=options.folds, seed=options.seed, benign=options.benign or BENIGN_LABELS,
                            malicious=options.malicious or MALICIOUS_LABELS)
-    with progress_bar("choosing the kind", total=count_candidates(bank.features, select), unit="kinds",
-                      enabled=progress and kind.kind == "auto") as advance:
+    total = (len(layers or range(num_layers + 1)) * len(options.classifiers) if legacy
+             else count_candidates(bank.features, select))
+    with progress_bar("choosing the layer" if legacy else "choosing the kind", total=total, unit="candidates",
+                      enabled=progress and kind.kind in ("auto", "last")) as advance:
         guard = fit_pooled_guard(bank, fit, advance)
     guard.card["data"].update(info)
     return guard
 
 
 def _eval_sources(guard: Guard, options: GuardEvalOptions, stores: Sequence[Path], banks: Sequence[Path],
-                  data: Sequence[str], progress: bool) -> list[tuple[str, list[dict], np.ndarray]]:
-    """(name, records, logits) per evaluation set: stores and banks read, data scored with the model."""
+                  data: Sequence[str], progress: bool, exclude: Sequence[Guard] = ()) -> list[tuple[str, list[dict],
+                                                                                                  np.ndarray]]:
+    """(name, records, logits) per evaluation set: stores and banks read, data scored with the model; prompts the
+    guard (and every guard in ``exclude``) was trained or calibrated on are left out."""
     from ihs.guard.bank import FeatureBank
     from ihs.guard.evaluate import check_store, exclude_fitted, require_both
     from ihs.guard.inputs import data_records
     from ihs.guard.sources import check_bank, decision_on, fitted_records, store_features, training_source
 
-    source = training_source(guard)
-    fitted = [r["text"] for part in fitted_records(guard, source[0]) for r in part] if source else []
+    fitted = []
+    for g in (guard, *exclude):
+        source = training_source(g)
+        fitted += [r["text"] for part in fitted_records(g, source[0]) for r in part] if source else []
     train_paths = [Path(p).resolve() for p in (guard.card.get("data") or {}).get("stores") or []]
     own_bank = (guard.card.get("data") or {}).get("bank")
     sets = []
@@ -324,14 +337,14 @@ def _eval_sources(guard: Guard, options: GuardEvalOptions, stores: Sequence[Path
 def run_guard_eval(guard: Guard, options: GuardEvalOptions | None = None, *, guard_dir: str | Path | None = None,
                    stores: Sequence[str | Path] = (), data: Sequence[str] = (), banks: Sequence[str | Path] = (),
                    generations: Sequence[str | Path] = (), compare: Sequence[tuple[str, Any]] = (),
-                   progress: bool = True) -> GuardResult:
+                   exclude: Sequence[Guard] = (), progress: bool = True) -> GuardResult:
     """Detection of ``guard`` per set (stores and banks read, ``data`` scored with the guard's attached model), per
     label, kind and jailbreak family, beside the bag-of-words baseline and (with ``generations``) the model's own
     refusal; with ``options.holdout``, leave-one-group-out on the guard's training data for each key (the guard's
     kind, the ``compare`` kinds and bag-of-words under the same splits) and the same on random folds.
 
     Prompts the guard was trained or calibrated on are left out, so with no sets the guard's own training data
-    gives exactly its held-out split.
+    gives exactly its held-out split; so are those of the ``exclude`` guards (to compare guards on the same rows).
     """
     from ihs.guard.evaluate import BowBaseline, evaluate_set, load_generations, refusal_detector
     from ihs.guard.sources import fitted_records, holdout_for_guard, training_source
@@ -358,7 +371,7 @@ def run_guard_eval(guard: Guard, options: GuardEvalOptions | None = None, *, gua
     result: dict[str, Any] = {"guard": str(guard_dir) if guard_dir is not None else None, "model": guard.model_name,
                               "layer": guard.layer, "kind": guard.kind, "classifier": guard.classifier,
                               "threshold": guard.threshold, "target_fpr": guard.target_fpr, "sets": [], "notes": notes}
-    for name, recs, logits in _eval_sources(guard, options, stores, banks, data, progress):
+    for name, recs, logits in _eval_sources(guard, options, stores, banks, data, progress, exclude):
         result["sets"].append(evaluate_set(guard, name, recs, logits, bow, gens))
     if gens:
         result["refusal"] = refusal_detector(gens, guard)
@@ -372,7 +385,7 @@ def run_guard_eval(guard: Guard, options: GuardEvalOptions | None = None, *, gua
             nested = SelectOptions(seed=0)
         result["holdout"] = holdout_for_guard(guard, options.holdout, compare=compare, bow=options.bow, nested=nested,
                                               benign=options.benign_policy, random_folds=options.random_folds,
-                                              progress=progress)
+                                              min_group=options.min_group, progress=progress)
     return GuardResult(result, card=guard.to_card())
 
 

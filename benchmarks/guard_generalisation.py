@@ -1,0 +1,198 @@
+"""Tables of the guard's generalisation (docs/GUARD.md) from what scripts/make_guard_generalisation.sh writes.
+
+    .venv/bin/python benchmarks/guard_generalisation.py runs/guardgen > benchmarks/results/guard_generalisation.md
+
+Per model: the guards fitted (kind, deepest layer, calibration per benign kind); the leave-one-group-out table
+per key, worst group first, for the new guard, today's recipe on the new sets and on the old four sets, and
+bag-of-words, with the random goal-level folds beside it; rates per kind at each guard's fitted threshold on
+prompts none of them saw (the new guard's held-out split of the built-in sets, the paper's files, the
+multilingual translations); the goals of docs/GUARD.md checked; the cost.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+MODELS = [("smollm2", "smollm2-135m-instruct"), ("qwen", "qwen2.5-coder-0.5b-instruct"), ("gemma", "gemma-3-270m")]
+GUARDS = [("new", "new guard"), ("old", "old recipe"), ("old4", "old recipe, old sets")]
+METHODS = ["guard", "old recipe", "old recipe, old sets", "bag-of-words"]
+SHOW = {"guard": "new guard"}
+KEYS = ["family", "category:malicious", "benign-kind", "reformulation", "dataset"]
+
+
+def f(v, d: int = 3) -> str:
+    return "-" if v is None else f"{v:.{d}f}"
+
+
+def load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def cell(m: dict | None) -> str:
+    if not m:
+        return "- | - | -"
+    if "skipped" in m:
+        return "skipped | | "
+    return f"{f(m.get('auroc'))} | {f(m.get('tpr_at_1pct_fpr'))} | {f(m.get('tpr'))} / {f(m.get('fpr'))}"
+
+
+def guards_table(root: Path, short: str) -> list[str]:
+    out = ["| guard | kind | stops after layer / L | selection (leave-group-out CV on the training split): mean / "
+           "worst group AUROC | threshold p > | realised FPR per benign kind on the calibration split |",
+           "|---|---|---|---|---|---|"]
+    for g, label in GUARDS:
+        card = load(root / short / f"guard-{g}" / "guard.json")
+        if not card:
+            continue
+        sel = card.get("selection") or {}
+        cm = sel.get("chosen_metrics")
+        cv = (f"{f(cm['mean'])} / {f(cm['worst'])} ({cm['worst_group']})" if cm else
+              f"random-fold CV AUROC {f((sel.get('chosen') or {}).get('cv_auroc'))}")
+        per = card.get("calibration_by_kind") or {}
+        cal = ", ".join(f"{k} {f(v['fpr'])} (n={v['n']})" for k, v in per.items()) or \
+            f"all benign {f(card.get('calibration_fpr'))} (n={card.get('n_calibration')})"
+        sets = (card.get("data") or {}).get("sets")
+        name = label + (f" ({', '.join(sets)})" if sets else "")
+        out.append(f"| {name} | `{card['kind']['name']}` | {card['layer']} / {card['model']['num_layers']} | {cv} | "
+                   f"{card['threshold']:.4g} | {cal} |")
+    return out
+
+
+def holdout_tables(res: dict, top: int | None = None) -> list[str]:
+    out = []
+    for key in KEYS + [k for k in res.get("keys", {}) if k not in KEYS]:
+        r = res.get("keys", {}).get(key)
+        if not r:
+            continue
+        methods = [m for m in METHODS if m in r["methods"]]
+        head = " | ".join(f"{SHOW.get(m, m)}: AUROC | TPR@1%FPR | TPR / FPR" for m in methods)
+        out += ["", f"Leave-one-`{key}`-out ({len(r['groups'])} groups; threshold for {r['target_fpr']:.0%} FPR set "
+                f"on each training side; groups under {r.get('min_group', 2)} prompts not held out: "
+                f"{', '.join(r.get('too_small') or {}) or 'none'}):", "",
+                f"| held-out group | classes | held (moved) | {head} |", "|---|---|---|" + "---|---|---|" * len(methods)]
+        groups = r["groups"]
+        order = sorted(groups, key=lambda g: ((groups[g].get("guard") or {}).get("auroc") is None,
+                                               (groups[g].get("guard") or {}).get("auroc") or 0.0))
+        for g in order[:top]:
+            e = groups[g]
+            out.append(f"| {g} | {','.join(e.get('held_classes', []))} | {e['n_held']} ({e['n_moved']}) | "
+                       + " | ".join(cell(e.get(m)) for m in methods) + " |")
+        if top is not None and len(order) > top:
+            out.append(f"| ... {len(order) - top} more groups in eval.json | | | " + " | ".join("| |" for _ in methods)
+                       + " |")
+        out.append("| **summary** | | | " + " | ".join(summary_cell(r["summary"].get(m)) for m in methods) + " |")
+    rnd = res.get("random")
+    if rnd:
+        methods = [m for m in METHODS if m in rnd["methods"]]
+        out += ["", "Random goal-level folds (in distribution, the old kind of table):", "",
+                "| fold | " + " | ".join(f"{SHOW.get(m, m)}: AUROC | TPR@1%FPR | TPR / FPR" for m in methods) + " |",
+                "|---|" + "---|---|---|" * len(methods)]
+        for g, e in rnd["groups"].items():
+            out.append(f"| {g} | " + " | ".join(cell(e.get(m)) for m in methods) + " |")
+        out.append("| **summary** | " + " | ".join(summary_cell(rnd["summary"].get(m)) for m in methods) + " |")
+    return out
+
+
+def summary_cell(s: dict | None) -> str:
+    if not s:
+        return "- | | "
+    return (f"worst {f(s['worst_auroc'])}, mean {f(s['mean_auroc'])} | | min TPR {f(s['min_tpr'])} / "
+            f"max FPR {f(s['max_fpr'])}")
+
+
+def kind_rates(root: Path, short: str) -> tuple[list[str], dict]:
+    """Rates per kind at each guard's threshold, on the new guard's held-out split and the evaluation banks."""
+    evals = {g: load(root / short / f"eval-{g}" / "eval.json") for g, _ in GUARDS}
+    new_ids = set(((load(root / short / "guard-new" / "guard.json") or {}).get("splits") or {}).get("ids", {})
+                  .get("test", []))
+    out = ["| set | kind | n | " + " | ".join(f"{label}: TPR or FPR" for _, label in GUARDS) + " | bag-of-words |",
+           "|---|---|---|" + "---|" * (len(GUARDS) + 1)]
+    worst = {"fpr": {}, "tpr": {}}
+    base = evals.get("new")
+    if not base:
+        return out, worst
+    for s_index, s in enumerate(base["sets"]):
+        for level in ("kind", "subkind"):
+            for k, m in (s["guard"].get("by_kind") or {}).get(level, {}).items():
+                if level == "subkind" and ":" not in k:
+                    continue
+                rate = "fpr" if m.get("cls") == "benign" else "tpr"
+                vals = []
+                for g, _ in GUARDS:
+                    ev = evals.get(g)
+                    other = ev["sets"][s_index]["guard"]["by_kind"][level].get(k) if ev else None
+                    vals.append(f(other.get(rate)) if other else "-")
+                bow = ((s.get("bow") or {}).get("by_kind") or {}).get(level, {}).get(k) or {}
+                out.append(f"| {s['name']} | {k} | {m['n']} | " + " | ".join(vals) + f" | {f(bow.get(rate))} |")
+                if level == "kind" or rate == "tpr":
+                    worst[rate][f"{s['name']}: {k}"] = m.get(rate)
+    del new_ids
+    return out, worst
+
+
+def goals(res: dict | None, worst: dict) -> list[str]:
+    out = []
+    if res:
+        w = [(k, r["summary"]["guard"]) for k, r in res.get("keys", {}).items()]
+        lo = min(w, key=lambda kv: kv[1]["worst_auroc"] if kv[1]["worst_auroc"] is not None else 9)
+        out.append(f"- worst held-out group AUROC >= 0.95: **{f(lo[1]['worst_auroc'])}** ({lo[0]}: "
+                   f"{lo[1]['worst_group']}) -> {'met' if (lo[1]['worst_auroc'] or 0) >= 0.95 else 'not met'}")
+    fpr = {k: v for k, v in worst["fpr"].items() if v is not None}
+    tpr = {k: v for k, v in worst["tpr"].items() if v is not None}
+    if fpr:
+        k = max(fpr, key=fpr.get)
+        out.append(f"- FPR <= 2% on every benign kind at the fitted threshold: highest **{f(fpr[k])}** ({k}) -> "
+                   f"{'met' if fpr[k] <= 0.02 else 'not met'}; over 2%: "
+                   + (", ".join(f"{n} {f(v)}" for n, v in sorted(fpr.items(), key=lambda kv: -kv[1]) if v > 0.02)
+                      or "none"))
+    if tpr:
+        k = min(tpr, key=tpr.get)
+        out.append(f"- TPR >= 0.8 on every malicious kind: lowest **{f(tpr[k])}** ({k}) -> "
+                   f"{'met' if tpr[k] >= 0.8 else 'not met'}; under 0.8: "
+                   + (", ".join(f"{n} {f(v)}" for n, v in sorted(tpr.items(), key=lambda kv: kv[1]) if v < 0.8)
+                      or "none"))
+    return out
+
+
+def cost_lines(short: str) -> list[str]:
+    c = load(Path("benchmarks/results") / f"guard_cost_{short}.json")
+    if not c:
+        return []
+    out = [f"Cost ({c['prompts']} prompts, {c['mean_tokens']:.0f} tokens each on average, batch {c['batch_size']}, "
+           f"{c['threads']} threads, minimum of {c['repeats']} interleaved repeats, load average "
+           f"{', '.join(f'{v:.1f}' for v in c['load_average'])}):", "",
+           "| guard | kind | blocks run / L | time / full pass (model + LM head) | ratio of medians | "
+           "time / backbone | `guard score` prompts/s | full pass prompts/s |", "|---|---|---|---|---|---|---|---|"]
+    for name, g in c["guards"].items():
+        out.append(f"| {name} | `{g['kind']}` | {g['deepest_layer']} / {c['num_layers']} | {f(g['share_of_full'], 2)} | "
+                   f"{f(g['share_of_full_medians'], 2)} | {f(g['share_of_backbone'], 2)} | "
+                   f"{f(g['score_prompts_per_second'], 2)} | {f(g['full_prompts_per_second'], 2)} |")
+    return out
+
+
+def main(root: Path, top: int | None) -> None:
+    for short, name in MODELS:
+        if not (root / short).is_dir():
+            continue
+        print(f"## {name}\n")
+        print("\n".join(guards_table(root, short)))
+        res = (load(root / short / "holdout" / "eval.json") or {}).get("holdout")
+        if res:
+            print("\n".join(holdout_tables(res, top)))
+        rates, worst = kind_rates(root, short)
+        print("\nRates per kind at each guard's own threshold, on prompts it never saw (TPR for malicious kinds, FPR "
+              "for benign ones):\n")
+        print("\n".join(rates))
+        print("\nGoals (new guard):\n")
+        print("\n".join(goals(res, worst)))
+        print()
+        print("\n".join(cost_lines(short)))
+        print()
+
+
+if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if not a.startswith("--top=")]
+    tops = [int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--top=")]
+    main(Path(args[0] if args else "runs/guardgen"), tops[0] if tops else None)
