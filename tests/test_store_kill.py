@@ -32,7 +32,7 @@ SEED = 20261130
 N, BATCH, SHARD_ROWS = 40, 2, 4
 OPTS = ExtractOptions(batch_size=BATCH, shard_rows=SHARD_ROWS, max_batch_tokens=4096)
 CHILD = textwrap.dedent(f"""
-    import sys, time
+    import os, sys, time
     sys.path.insert(0, {str(Path(__file__).parent)!r})
     from conftest import make_tiny
     import ihs.extraction as ex
@@ -45,6 +45,8 @@ CHILD = textwrap.dedent(f"""
         time.sleep(float(sys.argv[2]))
         done[0] += len(ids)
         print("rows", done[0], flush=True)
+        while os.path.exists(sys.argv[1] + ".hold"):  # the test holds this writer mid-run
+            time.sleep(0.05)
         return out
     ex.forward_last_states = slow
     lm = make_tiny("llama")
@@ -117,10 +119,13 @@ def test_kill9_at_random_points_then_resume(tmp_path, reference):
 
 def test_two_writers_one_refuses(tmp_path, reference):
     out = tmp_path / "s"
-    first = start_child(tmp_path, out, sleep=0.6)  # about 12 s: the second starts well within it
-    wait_for(first, "rows")  # the first holds the lock now
+    hold = Path(f"{out}.hold")
+    hold.write_text("")
+    first = start_child(tmp_path, out, sleep=0.0)
+    wait_for(first, "rows")  # the first holds the lock now, and waits while the hold file exists
     second = start_child(tmp_path, out, sleep=0.0)
-    second_out = second.communicate(timeout=120)[0]
+    second_out = second.communicate(timeout=300)[0]
+    hold.unlink()
     first_out = first.communicate(timeout=120)[0]
     assert second.returncode == 3 and "being written by pid" in second_out, second_out
     assert first.returncode == 0 and "finished" in first_out
