@@ -135,9 +135,10 @@ def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> lis
 def default_layer_range(num_layers: int) -> tuple[int, int]:
     """The middle third of depth over layer indices 0..L: ceil(L/3) .. floor(2L/3), inclusive.
 
-    SmolLM2 (L=30): 10..20; Qwen2.5-0.5B (L=24): 8..16; Gemma-3-270m (L=18): 6..12.
+    SmolLM2 (L=30): 10..20; Qwen2.5-0.5B (L=24): 8..16; Gemma-3-270m (L=18): 6..12; a one-block model: 1..1.
     """
-    return -(-num_layers // 3), (2 * num_layers) // 3
+    lo = -(-num_layers // 3)
+    return lo, max(lo, (2 * num_layers) // 3)
 
 
 def parse_layer_range(spec: str | None, num_layers: int) -> tuple[int, int]:
