@@ -66,10 +66,11 @@ def test_batched_equals_unbatched_on_real_model(smollm2):
     for i, rec in enumerate(recs):
         single = extract(smollm2, [rec], None, ExtractOptions(batch_size=1), progress=False)
         # SmolLM2's late layers carry "massive activation" dimensions (|h| ~ 540): float32 rounding of
-        # differently shaped matmuls then reaches ~2e-4 there (3e-7 of the layer's scale). So the bound
-        # is 1e-4 plus 1e-6 of each layer's largest magnitude; early layers meet 1e-4 outright.
+        # differently shaped matmuls then reaches ~1e-3 there with the shared-prefix cache (1.9e-6 of the
+        # layer's scale, measured the same on the code before and after the hook engine). So the bound is
+        # 1e-4 plus 4e-6 of each layer's largest magnitude; early layers meet 1e-4 outright.
         diff = np.abs(batched.hidden[i] - single.hidden[0]).max(axis=1)
         scale = np.abs(single.hidden[0]).max(axis=1)
-        assert (diff <= 1e-4 + 1e-6 * scale).all(), (diff.max(), scale.max())
+        assert (diff <= 1e-4 + 4e-6 * scale).all(), (diff.max(), scale.max())
         assert diff[:20].max() < 1e-4
         assert (batched.lens_ids[i] == single.lens_ids[0]).all()

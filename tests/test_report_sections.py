@@ -232,8 +232,9 @@ def report(tmp_path, monkeypatch) -> dict[str, str]:
 
 def test_every_section_renders_its_results_numbers(report):
     secs = sections(report["page"])
-    expected = ["summary", "data", *[s for group in STEP_SECTIONS.values() for s in group], "run"]
-    assert list(secs) == expected  # in run order; one model: no comparison
+    # in run order; one model: no comparison; explain is registered but did not run here: its section says so
+    expected = ["summary", "data", *[s for group in STEP_SECTIONS.values() for s in group], "explain", "run"]
+    assert list(secs) == expected
     text = {k: text_of(v) for k, v in secs.items()}
     assert len(re.findall(r'data-finding="(\w+)"', secs["summary"])) == 5
     assert 'class="finding missing"' not in secs["summary"]

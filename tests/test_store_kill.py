@@ -109,7 +109,8 @@ def test_kill9_at_random_points_then_resume(tmp_path, reference):
         resumed = extract(lm, records(), out, OPTS, progress=False)
         assert store_problem(out) is None and not (out / ".lock").exists()
         assert resumed.ids == reference.ids and len(set(resumed.ids)) == N
-        np.testing.assert_array_equal(resumed.hidden, reference.hidden)
+        # equal up to float32 rounding: a resumed run's batches can differ from the uninterrupted run's
+        np.testing.assert_allclose(resumed.hidden, reference.hidden, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(resumed.lens_ids, reference.lens_ids)
         trials += 1
     print(f"kill -9 trials: {trials} (seed {SEED}); most rows lost to one kill: {worst_lost} "
@@ -130,7 +131,7 @@ def test_two_writers_one_refuses(tmp_path, reference):
     assert second.returncode == 3 and "being written by pid" in second_out, second_out
     assert first.returncode == 0 and "finished" in first_out
     assert store_problem(out) is None
-    np.testing.assert_array_equal(ActivationStore.load(out).hidden, reference.hidden)
+    np.testing.assert_allclose(ActivationStore.load(out).hidden, reference.hidden, rtol=1e-5, atol=1e-6)
     with pytest.raises(StoreError, match="incomplete|missing"):
         (out / "shards" / "shard-000001.safetensors").unlink()
         (out / "manifest.json").write_text((out / "manifest.json").read_text().replace('"complete"', '"in_progress"'))
