@@ -26,7 +26,7 @@ from ihs.errors import StoreError
 from ihs.extraction import ExtractOptions, extract
 from ihs.store import ActivationStore, store_problem
 
-TRIAL_BUDGET_S = float(os.environ.get("IHS_KILL_BUDGET_S", "100"))
+TRIAL_BUDGET_S = float(os.environ.get("IHS_KILL_BUDGET_S", "40"))
 MIN_TRIALS = 4
 SEED = 20261130
 N, BATCH, SHARD_ROWS = 40, 2, 4
