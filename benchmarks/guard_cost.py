@@ -10,7 +10,9 @@ within each repeat (so load from other jobs drifts over all of them alike):
 - each guard's ``score`` on the raw prompts (tokenising included), as ``ihs guard score`` runs it:
   prompts per second.
 
-Ratios are of minima over repeats (the least disturbed run), with the ratio of medians beside them.
+Every variant runs the same length-sorted batches. Each is timed twice: CPU time of this process (all its
+threads; what the work costs, and what other jobs on a shared machine disturb least) and wall time. Ratios are
+of medians over repeats; prompts per second are from wall time.
 
     OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/guard_cost.py --model smollm2-135m-instruct \\
         --guard new=runs/guardgen/smollm2/guard-new --guard old=runs/guardgen/smollm2/guard-old \\
@@ -74,30 +76,38 @@ def main() -> None:
                 fn(b)
         return run
 
+    budget = 10**9  # one batch plan for every variant: the length-sorted cuts of --batch-size
     variants = {"full": over_batches(lambda b: call(lm.model, b)),
                 "backbone": over_batches(lambda b: call(lm.anatomy.backbone, b))}
     for name, g in guards.items():
-        variants[f"{name}:decision"] = (lambda g=g: g.decision_ids(ids, batch_size=args.batch_size))
-        variants[f"{name}:score"] = (lambda g=g: g.score(texts, batch_size=args.batch_size))
+        variants[f"{name}:decision"] = (lambda g=g: g.decision_ids(ids, batch_size=args.batch_size,
+                                                                   max_batch_tokens=budget))
+        variants[f"{name}:score"] = (lambda g=g: g.score(texts, batch_size=args.batch_size, max_batch_tokens=budget))
     variants["full"]()  # warm-up
-    runs: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    load = [os.getloadavg()]
     for _ in range(args.repeats):
         for k, fn in variants.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            runs[k].append(time.perf_counter() - t0)
-    best = {k: min(v) for k, v in runs.items()}
-    med = {k: statistics.median(v) for k, v in runs.items()}
+            cpu[k].append(time.process_time() - c0)
+            wall[k].append(time.perf_counter() - t0)
+        load.append(os.getloadavg())
+    c = {k: statistics.median(v) for k, v in cpu.items()}
+    w = {k: statistics.median(v) for k, v in wall.items()}
     out = {"model": args.model, "num_layers": lm.num_layers, "prompts": len(ids), "mean_tokens": float(np.mean(lengths)),
            "batch_size": args.batch_size, "repeats": args.repeats, "threads": torch.get_num_threads(),
-           "load_average": os.getloadavg(), "seconds": best, "seconds_median": med, "guards": {}}
+           "load_average": load[0], "load_average_during": [max(x[0] for x in load), min(x[0] for x in load)],
+           "cpu_seconds_median": c, "wall_seconds_median": w, "cpu_seconds": cpu, "wall_seconds": wall, "guards": {}}
     for name, g in guards.items():
-        d, s = best[f"{name}:decision"], best[f"{name}:score"]
         out["guards"][name] = {
             "kind": g.kind, "deepest_layer": g.layer, "blocks_share": g.layer / lm.num_layers,
-            "share_of_full": d / best["full"], "share_of_full_medians": med[f"{name}:decision"] / med["full"],
-            "share_of_backbone": d / best["backbone"],
-            "score_prompts_per_second": len(texts) / s, "full_prompts_per_second": len(texts) / best["full"]}
+            "cpu_share_of_full": c[f"{name}:decision"] / c["full"],
+            "cpu_share_of_backbone": c[f"{name}:decision"] / c["backbone"],
+            "wall_share_of_full": w[f"{name}:decision"] / w["full"],
+            "score_prompts_per_second": len(texts) / w[f"{name}:score"],
+            "full_prompts_per_second": len(texts) / w["full"]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

@@ -161,13 +161,13 @@ def cost_lines(short: str) -> list[str]:
     if not c:
         return []
     out = [f"Cost ({c['prompts']} prompts, {c['mean_tokens']:.0f} tokens each on average, batch {c['batch_size']}, "
-           f"{c['threads']} threads, minimum of {c['repeats']} interleaved repeats, load average "
-           f"{', '.join(f'{v:.1f}' for v in c['load_average'])}):", "",
-           "| guard | kind | blocks run / L | time / full pass (model + LM head) | ratio of medians | "
-           "time / backbone | `guard score` prompts/s | full pass prompts/s |", "|---|---|---|---|---|---|---|---|"]
+           f"{c['threads']} torch threads, medians of {c['repeats']} interleaved repeats; 1-minute load average "
+           f"{c['load_average_during'][1]:.1f}-{c['load_average_during'][0]:.1f} during the run):", "",
+           "| guard | kind | blocks run / L | CPU time / full pass (model + LM head) | CPU time / backbone | "
+           "wall time / full pass | `guard score` prompts/s | full pass prompts/s |", "|---|---|---|---|---|---|---|---|"]
     for name, g in c["guards"].items():
-        out.append(f"| {name} | `{g['kind']}` | {g['deepest_layer']} / {c['num_layers']} | {f(g['share_of_full'], 2)} | "
-                   f"{f(g['share_of_full_medians'], 2)} | {f(g['share_of_backbone'], 2)} | "
+        out.append(f"| {name} | `{g['kind']}` | {g['deepest_layer']} / {c['num_layers']} | "
+                   f"{f(g['cpu_share_of_full'], 2)} | {f(g['cpu_share_of_backbone'], 2)} | {f(g['wall_share_of_full'], 2)} | "
                    f"{f(g['score_prompts_per_second'], 2)} | {f(g['full_prompts_per_second'], 2)} |")
     return out
 

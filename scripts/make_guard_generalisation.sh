@@ -62,6 +62,10 @@ for short in "${models[@]}"; do
   done
   run $B/holdout $IHS guard eval $B/guard-new $HOLDOUT --compare "old recipe=$B/guard-old" \
       --compare "old recipe, old sets=$B/guard-old4" --out $B/holdout
+  if [ "$short" = smollm2 ]; then  # the kind chosen again inside every training side (slow: one selection a split)
+    run $B/holdout-nested $IHS guard eval $B/guard-new --holdout dataset --holdout reformulation --nested \
+        --min-group ${MIN_GROUP:-5} --random-folds 0 --no-bow --out $B/holdout-nested
+  fi
   run benchmarks/results/guard_cost_$short.json env OMP_NUM_THREADS=2 $PY benchmarks/guard_cost.py --model "$M" \
       --guard new=$B/guard-new --guard old=$B/guard-old --prompts 32 --repeats 3 \
       --out benchmarks/results/guard_cost_$short.json
