@@ -234,3 +234,22 @@ def test_bank_round_trip_and_legacy_guards_still_load(lm, bank, tmp_path):
     (tmp_path / "old" / "guard.json").write_text(json.dumps(card))
     with pytest.raises(IhsError, match="newer"):
         Guard.load(tmp_path / "old")
+
+
+def test_a_state_beyond_float16_widens_the_bank_array(lm):
+    """gemma-3's residual stream exceeds float16's range at a few positions: the bank keeps those features in
+    float32 instead of storing inf."""
+    import copy
+
+    big = copy.deepcopy(lm)
+    emb = big.model.get_input_embeddings()
+    with torch.no_grad():
+        emb.weight[5] = 1e6  # one token whose embedding (layer 0) is far beyond float16's maximum
+    ids = [[1, 5, 7, 8], [1, 7, 8, 9, 10]]
+    spec = FeatureSpec(pooled={"last": [0, 1], "max": [0], "mean": [1]}, pool_start=1)
+    feats = extract_features(big, ids, spec, dtype=np.float16, batch_size=1)
+    assert feats.arrays["max"].dtype == np.float32 and np.isfinite(feats.arrays["max"]).all()
+    assert feats.arrays["max"][0, 0].max() == pytest.approx(1e6, rel=1e-3)
+    assert feats.arrays["last"].dtype == np.float16  # no state of the last token overflows
+    want = extract_features(big, ids, spec, dtype=np.float32, batch_size=1)
+    np.testing.assert_allclose(feats.arrays["max"], want.arrays["max"], rtol=1e-6)

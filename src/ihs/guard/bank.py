@@ -123,7 +123,8 @@ def build_bank(lm: Any, records: Sequence[dict[str, Any]], spec: FeatureSpec, mo
                progress: Any = None) -> FeatureBank:
     """Run ``lm`` once over ``records`` (formatted as ``model`` says) and keep ``spec``'s features.
 
-    Pooled states are kept in float16 (the last-token states too); the refusal margins in float32.
+    Pooled states are kept in float16 (the last-token states too), or float32 for a feature with a value
+    beyond float16's range; the refusal margins in float32.
     """
     from ihs.formatting import format_prompt
     from ihs.guard.features import extract_features

@@ -256,7 +256,11 @@ def features_of_batch(lm: Any, batch_ids: Sequence[Sequence[int]], spec: Feature
 def extract_features(lm: Any, ids: Sequence[Sequence[int]], spec: FeatureSpec, *, batch_size: int = 16,
                      max_batch_tokens: int = 4096, dtype: Any = np.float32,
                      progress: Callable[[int], None] | None = None) -> Features:
-    """:func:`features_of_batch` over many prompts, batched by length; rows come back in input order."""
+    """:func:`features_of_batch` over many prompts, batched by length; rows come back in input order.
+
+    A pooled array kept in a narrow ``dtype`` (float16) is widened to float32 as soon as a value would
+    overflow it (gemma-3's residual stream exceeds float16's range at a few positions).
+    """
     n = len(ids)
     d = lm.hidden_size
     arrays: dict[str, np.ndarray] = {how: np.zeros((n, len(ls), d), dtype=dtype) for how, ls in spec.pooled.items()}
@@ -267,7 +271,12 @@ def extract_features(lm: Any, ids: Sequence[Sequence[int]], spec: FeatureSpec, *
     for batch in plan_batches(lengths, list(range(n)), batch_size, budget):
         got = features_of_batch(lm, [ids[i] for i in batch], spec)
         for kind, value in got.items():
-            arrays[kind][batch] = value.numpy().astype(arrays[kind].dtype)
+            v = value.numpy()
+            dt = arrays[kind].dtype
+            if np.issubdtype(dt, np.floating) and np.finfo(dt).max < np.finfo(np.float32).max \
+                    and np.abs(v).max(initial=0.0) > np.finfo(dt).max:
+                arrays[kind] = arrays[kind].astype(np.float32)  # a state beyond the narrow type's range
+            arrays[kind][batch] = v.astype(arrays[kind].dtype)
         if progress:
             progress(len(batch))
     layers = {how: list(ls) for how, ls in spec.pooled.items()}
