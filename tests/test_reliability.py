@@ -161,7 +161,9 @@ CASES: list[Case] = [
     Case("--layers not in the grammar", lambda e: ["lens", str(e.store), "--layers", "a:b:c:d", "--out", str(e.path("p"))], 2, "a:b:c:d"),
     # -- guards --
     Case("guard folder not found", lambda e: ["guard", "score", str(e.tmp / "noguard"), "--prompt", "hi"], 2, "noguard"),
-    Case("truncated guard.safetensors", lambda e: ["guard", "score", str(_guard_truncated(e)), "--prompt", "hi"], 2, "damaged or truncated"),
+    Case("truncated guard.safetensors", lambda e: ["guard", "score", str(_guard_truncated(e)), "--prompt", "hi"], 2, r"guard\.safetensors is damaged or truncated"),
+    Case("truncated guard.safetensors, serve", lambda e: ["guard", "serve", str(_guard_truncated(e))], 2, r"guard\.safetensors is damaged or truncated"),
+    Case("guard.safetensors without its weights", lambda e: ["guard", "score", str(_guard_no_weight(e)), "--prompt", "hi"], 2, r"guard\.safetensors is damaged"),
     Case("guard.json holds a list", lambda e: ["guard", "score", str(_guard_json(e)), "--prompt", "hi"], 2, "guard"),
     # -- ihs run configs --
     Case("config model.dtype float77", lambda e: ["run", "--config", str(e.config(model={"dtype": "float77"})), "--out", str(e.path("run"))], 2, "float77"),
@@ -169,6 +171,7 @@ CASES: list[Case] = [
     Case("config has an unknown key", lambda e: ["run", "--config", str(e.config(model={"colour": "red"})), "--out", str(e.path("run"))], 2, "colour"),
     Case("config is not YAML", lambda e: ["run", "--config", str(e.file("c.yaml", "a: [b\n")), "--out", str(e.path("run"))], 2, "YAML"),
     Case("config limit 0", lambda e: ["run", "--config", str(e.config(limit=0)), "--out", str(e.path("run"))], 2, "limit"),
+    Case("run after a shard of its store was truncated", lambda e: _run_damaged(e), 0, r"warning: shard shard-000000\.safetensors is damaged \([^)]*\)\)?"),
     Case("config file not found", lambda e: ["run", "--config", str(e.tmp / "absent.yaml"), "--out", str(e.path("run"))], 2, "not found"),
 ]
 
@@ -201,6 +204,26 @@ def _guard_truncated(e: Env) -> Path:
     guard = e.copy_guard()
     truncate(guard / "guard.safetensors", 50)
     return guard
+
+
+def _guard_no_weight(e: Env) -> Path:
+    from safetensors.numpy import load_file, save_file
+
+    guard = e.copy_guard()
+    tensors = load_file(str(guard / "guard.safetensors"))
+    del tensors["weight"]
+    save_file(tensors, str(guard / "guard.safetensors"))
+    return guard
+
+
+def _run_damaged(e: Env) -> list[str]:
+    """A finished ``ihs run`` whose store then loses bytes of a shard: the re-run must recompute, not say cached."""
+    args = ["run", "--config", str(e.config(extract={"batch_size": 2}, probe={"folds": 2})), "--out", str(e.path("run")),
+            "--no-progress"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    truncate(shard(next(Path(args[4]).glob("*/extract/store")), 0))
+    return args
 
 
 def _guard_json(e: Env) -> Path:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from scipy.special import expit
 from threadpoolctl import threadpool_limits
@@ -303,9 +304,15 @@ class Guard:
             raise IhsError(f"{d} is not a guard directory (needs {CARD} and {WEIGHTS}; make one with `ihs guard fit`)")
         try:
             card = json.loads((d / CARD).read_text(encoding="utf-8"))
-            tensors = load_file(str(d / WEIGHTS))
         except (OSError, ValueError) as exc:
-            raise IhsError(f"guard {d} is unreadable: {exc}") from exc
+            raise IhsError(f"{d / CARD} is unreadable: {exc}") from exc
+        try:
+            tensors = load_file(str(d / WEIGHTS))
+            missing = [k for k in ("weight", "bias") if k not in tensors]
+            if missing:
+                raise ValueError(f"no {' or '.join(missing)} tensor")
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise IhsError(f"{d / WEIGHTS} is damaged or truncated ({exc}); fit the guard again with ihs guard fit") from exc
         if not isinstance(card, dict) or card.get("format") != "ihs-guard":
             raise IhsError(f"{d / CARD} is not an ihs guard card")
         if int(card.get("card_version", 1)) > CARD_VERSION:
