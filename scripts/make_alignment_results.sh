@@ -1,58 +1,69 @@
 #!/usr/bin/env bash
-# Every number in docs/ALIGNMENT.md: align gemma-3-270m (base) ourselves and track each checkpoint.
+# Every number in docs/ALIGNMENT.md: align gemma-3-270m (base) three ways at equal steps and data and track
+# every checkpoint on the held-out goals.
 #
-# Run from the repo root on CPU, one job at a time (the measured runs shared 2 cores with other work:
-# wall times depend on the load average, which each summary records). Outputs go to runs/align/.
+# Run from the repo root on CPU. Each stage is one job (under ~20 minutes on one thread); RUN is put in front
+# of every real-model job (default: one torch thread at nice 10; on a shared machine a queue such as
+# RUN=/path/to/slot-wrapper). Outputs go to runs/align/; the small result files to benchmarks/results/.
 #
-#   bash scripts/make_alignment_results.sh            # SFT run + tracking + claims
-#   STAGES="sft assoc dpo" bash scripts/make_alignment_results.sh   # also the association and DPO runs
+#   bash scripts/make_alignment_results.sh                      # everything, in order
+#   STAGES="train-sft track-sft" bash scripts/make_alignment_results.sh   # some stages
+#
+# Stages (any order after their inputs exist; every stage resumes: training from the last trainer
+# checkpoint of its run folder, tracking from the rows already measured):
+#   train-sft    LoRA SFT (refusals for training-side malicious goals, ihs's written answers for benign ones)
+#   train-assoc  the same with the association term (emotion directions, blocks L/3..L/2, weight 1)
+#   train-dpo    DPO on the same prompts (chosen: refusal / answer; rejected: compliant opening / refusal)
+#   track-sft, track-assoc, track-dpo   `ihs align track` one checkpoint per job (step 0 measured once:
+#                every run's step 0 is the base model, identical weights, reused through --reuse)
+#   claims       scripts/align_claims.py: tables, claim 4 (Spearman + bootstrap), figures
 set -euo pipefail
 
 OUT=runs/align
 MODEL=gemma-3-270m
 STEPS=40
 EVERY=10
-STOP=20
 TRACK=(--per-class 24 --max-new-tokens 20)
-STAGES=${STAGES:-sft}
+# the tracked step 0 of the base model (measured once, with the same options, in an earlier SFT run's tracking)
+BASE_TRACK=${BASE_TRACK:-$OUT/gemma-sft-track}
+STAGES=${STAGES:-"train-sft train-assoc train-dpo track-sft track-assoc track-dpo claims"}
+read -r -a RUNNER <<< "${RUN:-env OMP_NUM_THREADS=1 nice -n 10}"
+TRAIN=(--model "$MODEL" --steps $STEPS --save-every $EVERY --threads 1)
 mkdir -p "$OUT"
 
-nice -n 10 .venv/bin/ihs models pull "$MODEL"
+track() {  # track NAME: every exported checkpoint of runs/align/NAME, one job per checkpoint
+  local name=$1 reuse=() steps
+  for dir in "$BASE_TRACK" "$OUT"/sft-track "$OUT"/assoc-track "$OUT"/dpo-track; do
+    [[ -d $dir && $dir != "$OUT/$name-track" ]] && reuse+=(--reuse "$dir")
+  done
+  steps=$(ls "$OUT/$name/checkpoints" | sed -n 's/^step-0*\([0-9][0-9]*\)$/\1/p; s/^step-0*$/0/p' | sort -n)
+  for step in $steps; do
+    "${RUNNER[@]}" .venv/bin/ihs align track "$OUT/$name" --out "$OUT/$name-track" "${TRACK[@]}" \
+      --steps "$step" "${reuse[@]}" --no-progress
+  done
+  # the whole table and figures (every row is cached now)
+  .venv/bin/ihs align track "$OUT/$name" --out "$OUT/$name-track" "${TRACK[@]}" "${reuse[@]}" --no-progress
+}
 
-claims=()
 for stage in $STAGES; do
   case $stage in
-    sft)
-      # LoRA SFT from the base model on the default data (written refusals + answers, training goals only);
-      # align_measure.py is `ihs align sft --steps 40 --save-every 10` with the defaults (LoRA r 16, alpha 32,
-      # lr 2e-4 linear, batch 4, max length 256) plus a record of wall time, CPU time and peak memory
-      # The measured run was stopped once step $STOP was exported (under a load average of 7-12 on 2 cores a
-      # step took 60-90 s, and 40 steps did not fit the deadline): align_stop.py records its time and peak
-      # memory; the learning-rate schedule is the 40-step one. Checkpoints 0 and 10 were tracked while it
-      # trained (the tracker reuses rows already measured with the same options).
-      nice -n 10 .venv/bin/python scripts/align_measure.py --model "$MODEL" --steps $STEPS --save-every $EVERY \
-        --batch-size 4 --max-length 256 --out "$OUT/gemma-sft" &
-      pid=$!
-      .venv/bin/python scripts/align_stop.py --run-dir "$OUT/gemma-sft/run" --pid $pid --step $STOP \
-        --out "$OUT/gemma-sft/stopped.json"
-      wait $pid || true
-      nice -n 10 .venv/bin/ihs align track "$OUT/gemma-sft/run" --out "$OUT/gemma-sft-track" "${TRACK[@]}"
-      claims+=("sft=$OUT/gemma-sft-track:$OUT/gemma-sft/stopped.json")
-      ;;
-    assoc)
-      # the same steps and data with the emotion association term on the middle layers
-      nice -n 10 .venv/bin/ihs align sft --model "$MODEL" --out "$OUT/gemma-assoc" --steps $STEPS \
-        --save-every $EVERY --association emotion --assoc-layers L/3:L/2 --assoc-weight 1.0
-      nice -n 10 .venv/bin/ihs align track "$OUT/gemma-assoc" --out "$OUT/gemma-assoc-track" "${TRACK[@]}"
-      claims+=("assoc=$OUT/gemma-assoc-track:$OUT/gemma-assoc/align_run.json")
-      ;;
-    dpo)
-      nice -n 10 .venv/bin/ihs align dpo --model "$MODEL" --out "$OUT/gemma-dpo" --steps $STEPS --save-every $EVERY
-      nice -n 10 .venv/bin/ihs align track "$OUT/gemma-dpo" --out "$OUT/gemma-dpo-track" "${TRACK[@]}"
-      claims+=("dpo=$OUT/gemma-dpo-track:$OUT/gemma-dpo/align_run.json")
-      ;;
+    train-sft)
+      "${RUNNER[@]}" .venv/bin/ihs align sft "${TRAIN[@]}" --out "$OUT/sft" --no-progress ;;
+    train-assoc)
+      "${RUNNER[@]}" .venv/bin/ihs align sft "${TRAIN[@]}" --out "$OUT/assoc" --association emotion \
+        --assoc-layers L/3:L/2 --assoc-weight 1.0 --no-progress ;;
+    train-dpo)
+      "${RUNNER[@]}" .venv/bin/ihs align dpo "${TRAIN[@]}" --out "$OUT/dpo" --no-progress ;;
+    track-sft) track sft ;;
+    track-assoc) track assoc ;;
+    track-dpo) track dpo ;;
+    claims)
+      .venv/bin/python scripts/align_claims.py \
+        sft="$OUT/sft-track:$OUT/sft/align_run.json" \
+        assoc="$OUT/assoc-track:$OUT/assoc/align_run.json" \
+        dpo="$OUT/dpo-track:$OUT/dpo/align_run.json" \
+        --out benchmarks/results/align_claims.json --markdown benchmarks/results/align_claims.md \
+        --figures docs/figures ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done
-
-.venv/bin/python scripts/align_claims.py "${claims[@]}" --out "$OUT/claims.json" | tee "$OUT/claims.md"

@@ -56,16 +56,26 @@ def test_cli_sft_writes_checkpoints(sft_run):
     assert (sft_run / "checkpoints" / "step-000002" / "ihs_align.json").is_file()
 
 
-def test_cli_track_writes_one_row_per_checkpoint(sft_run, tmp_path):
-    out = tmp_path / "track"
-    res = CliRunner().invoke(app, ["align", "track", str(sft_run), "--out", str(out), "--per-class", "4",
-                                   "--max-new-tokens", "3", "--perplexity-answers", "2", "--folds", "2",
-                                   "--steps", "0,2", "--no-progress"])
+TRACK_FAST = ["--per-class", "4", "--max-new-tokens", "3", "--perplexity-answers", "2", "--folds", "2",
+              "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tracked(sft_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wf-track") / "track"
+    res = CliRunner().invoke(app, ["align", "track", str(sft_run), "--out", str(out), *TRACK_FAST, "--steps", "0,2"])
     assert res.exit_code == 0, res.output
+    return out
+
+
+def test_cli_track_writes_one_row_per_checkpoint(sft_run, tracked):
+    out = tracked
     data = read_json(out / "align_track.json")
     assert [r["step"] for r in data["rows"]] == [0, 2]
     assert data["method"] == "sft" and len(data["evaluation"]["malicious"]) == 4
     row = data["rows"][1]
+    assert set(row["seconds_parts"]) == {"load", "extract", "probe", "lens", "generate", "perplexity"}
+    assert len(row["weights"]) == 64 and row["weights"] != data["rows"][0]["weights"]
     assert 0 <= row["probe"]["acc_L4"] <= 1 and row["probe"]["layer_L4"] == 1  # L = 4 -> L/4 = 1
     assert set(row["generate"]["refusal"]) == {"normal", "malicious", "contrast", "jailbreak"}
     assert row["perplexity"]["n"] == 2 and row["perplexity"]["perplexity"] > 1
@@ -78,9 +88,7 @@ def test_cli_track_writes_one_row_per_checkpoint(sft_run, tmp_path):
     # a second call reuses the rows measured with the same options (no checkpoint measured twice)
     cached = out / "step-000002" / "track_row.json"
     stamp = cached.stat().st_mtime_ns
-    res = CliRunner().invoke(app, ["align", "track", str(sft_run), "--out", str(out), "--per-class", "4",
-                                   "--max-new-tokens", "3", "--perplexity-answers", "2", "--folds", "2",
-                                   "--steps", "2", "--no-progress"])
+    res = CliRunner().invoke(app, ["align", "track", str(sft_run), "--out", str(out), *TRACK_FAST, "--steps", "2"])
     assert res.exit_code == 0, res.output
     assert cached.stat().st_mtime_ns == stamp
     assert read_json(out / "align_track.json")["rows"][0] == data["rows"][1]
@@ -90,6 +98,47 @@ def test_cli_track_writes_one_row_per_checkpoint(sft_run, tmp_path):
 
     held = evaluation_records(4)
     assert not trained & {r.text for recs in held.values() for r in recs}
+
+
+def test_track_reuses_rows_only_for_identical_weights(base, built, sft_run, tracked, tmp_path):
+    """Another run of the same base: its step 0 (the base model) is taken from the first run's rows, its
+    trained step is measured (other weights), and a folder that is not a tracking output is refused."""
+    data = _jsonl(tmp_path / "sft.jsonl", [e.to_dict() for e in few_sft(built)])
+    run2 = tmp_path / "run2"
+    res = CliRunner().invoke(app, ["align", "sft", "--model", str(base), "--out", str(run2), "--data", str(data),
+                                   *FAST[:2], "--save-every", "2", *FAST[4:], "--seed", "7"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "track2"
+    res = CliRunner().invoke(app, ["align", "track", str(run2), "--out", str(out), *TRACK_FAST, "--reuse", str(tracked)])
+    assert res.exit_code == 0, res.output
+    rows = read_json(out / "align_track.json")["rows"]
+    first = [read_json(tracked / f"step-{step:06d}" / "track_row.json")["row"] for step in (0, 2)]
+    assert [r["step"] for r in rows] == [0, 2]
+    assert rows[0]["reused_from"] == str(tracked / "step-000000" / "track_row.json")
+    assert rows[0]["probe"] == first[0]["probe"] and rows[0]["checkpoint"].startswith(str(run2))
+    assert not (out / "step-000000" / "probe").exists()  # nothing measured for the shared step
+    assert "reused_from" not in rows[1] and (out / "step-000002" / "probe").is_dir()
+    assert rows[1]["weights"] != first[1]["weights"]  # another seed, other weights: measured, not reused
+    line = _error(CliRunner().invoke(app, ["align", "track", str(run2), "--out", str(out), "--reuse",
+                                           str(tmp_path / "nowhere")]))
+    assert "--reuse" in line
+
+
+def test_resumed_run_records_every_segment(sft_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(sft_run, run)
+    before = read_json(run / "align_run.json")
+    data = run / "data" / "sft.jsonl"
+    res = CliRunner().invoke(app, ["align", "sft", "--model", before["model"], "--out", str(run), "--data", str(data),
+                                   "--steps", "3", *FAST[2:]])
+    assert res.exit_code == 0, res.output
+    after = read_json(run / "align_run.json")
+    assert after["resumed_from"] == 2 and after["steps"] == 3 and after["checkpoints"] == [0, 1, 2, 3]
+    assert [(s["from_step"], s["to_step"]) for s in after["segments"]] == [(0, 2), (2, 3)]
+    assert after["wall_seconds"] == pytest.approx(sum(s["wall_seconds"] for s in after["segments"]), abs=0.2)
+    assert after["wall_seconds"] > before["wall_seconds"]
 
 
 def _error(res) -> str:

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from ihs.cli import common
+from ihs.errors import IhsError
 from ihs.progress import console
 from ihs.workflows.align import AlignOptions, AlignResult, TrackOptions, TrackResult, run_align, run_track
 from ihs.workflows.base import help_of
@@ -79,6 +80,9 @@ def track_cmd(
     lens_layers: Annotated[str | None, typer.Option(help=help_of(T, "lens_layers"))] = None,
     perplexity_answers: Annotated[int, typer.Option(help=help_of(T, "perplexity_answers"))] = 24,
     steps: Annotated[str | None, typer.Option(help="Only these checkpoint steps, comma-separated.")] = None,
+    reuse: Annotated[list[Path] | None, typer.Option(
+        help="Output folder of another tracked run: its rows are reused for checkpoints with identical weights "
+             "measured with the same options (the shared step 0). Repeatable.")] = None,
     progress: common.Progress = True,
 ) -> None:
     """Measure every checkpoint of an alignment run on the held-out goals (one fixed evaluation set)."""
@@ -89,7 +93,10 @@ def track_cmd(
     out = common.out_dir(out)
     command = shlex.join(["ihs", "align", "track", str(run_dir), "--out", str(out), "--per-class", str(per_class),
                           "--max-new-tokens", str(max_new_tokens)])
-    result = run_track(run_dir, options, out=out, command=command, progress=progress)
+    for folder in reuse or []:
+        if not folder.is_dir():
+            raise IhsError(f"--reuse {folder} is not a folder (give the --out folder of another ihs align track)")
+    result = run_track(run_dir, options, out=out, command=command, progress=progress, reuse=reuse or [])
     files = result.save(out)
     console.print(result.markdown())
     console.print(f"wrote {out / TrackResult.FILE} ({len(result.rows)} checkpoints) and {len(files) - 1} more file(s)")

@@ -85,3 +85,81 @@ def track_figures(data: dict[str, Any], out: str | Path) -> list[Path]:
     out = Path(out)
     caption = data.get("command")
     return _probe_figure(data, out, caption) + _lens_figure(data, out, caption) + _behaviour_figure(data, out, caption)
+
+
+# -- several runs side by side (scripts/align_claims.py) ---------------------------------------------------------
+
+_COMPARE = (("asr_jailbreak", "ASR, held-out jailbreaks"), ("asr_malicious", "ASR, held-out malicious"),
+            ("over_refusal", "over-refusal (contrast)"), ("perplexity", "perplexity, benign answers"),
+            ("neg_peak_malicious", "peak negative share, malicious"), ("tkic_top1_malicious", "TKIC top-1, malicious"),
+            ("acc_L4", "probe accuracy at L/4"), ("first_95", "first layer >= 0.95"))
+
+
+def compare_figure(runs: dict[str, list[dict[str, Any]]], out: str | Path, caption: str | None = None) -> list[Path]:
+    """``align_compare.png``: each measure over training steps, one line per run.
+
+    ``runs`` maps a run name to its rows, each a dict with ``step`` and the keys of ``_COMPARE`` (None: missing).
+    """
+    fig, axes = plt.subplots(2, 4, figsize=(14, 6.2))
+    for ax, (key, title) in zip(axes.flat, _COMPARE, strict=True):
+        for name, rows in runs.items():
+            ax.plot([r["step"] for r in rows], [_nan(r.get(key)) for r in rows], "o-", ms=3, label=esc(name))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("alignment runs at equal steps and data, measured on held-out goals", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, Path(out), "align_compare", caption)
+
+
+def claim2_figure(runs: dict[str, list[dict[str, Any]]], out: str | Path, caption: str | None = None) -> list[Path]:
+    """``align_claim2.png``: negative-emotion share of malicious input per layer (x) and step (y), one panel per run.
+
+    Rows need ``step``, ``layers`` and ``neg_malicious`` (one share per layer).
+    """
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.4), squeeze=False)
+    image = None
+    for ax, (name, rows) in zip(axes[0], runs.items(), strict=True):
+        grid = np.array([[_nan(v) for v in r["neg_malicious"]] for r in rows])
+        layers = rows[0]["layers"]
+        image = ax.imshow(grid, aspect="auto", vmin=0, vmax=1, cmap="Reds", origin="lower",
+                          extent=(layers[0] - 0.5, layers[-1] + 0.5, -0.5, len(rows) - 0.5))
+        ax.set_yticks(range(len(rows)), [str(r["step"]) for r in rows], fontsize=7)
+        ax.set_title(esc(name), fontsize=9)
+        ax.set_xlabel(LAYER_LABEL, fontsize=7)
+        ax.set_ylabel("training step", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="share with a negative token in the top-5")
+    fig.suptitle("logit lens: malicious held-out inputs with a negative-emotion token in the top-5", fontsize=10)
+    return save_figure(fig, Path(out), "align_claim2", caption)
+
+
+def claim4_figure(points: list[dict[str, Any]], stat: dict[str, Any], out: str | Path,
+                  caption: str | None = None) -> list[Path]:
+    """``align_claim4.png``: TKIC top-1 on malicious input against 1 - ASR, one marker per checkpoint or model.
+
+    ``points``: dicts with ``name``, ``group`` (run name or ``zoo``), ``tkic`` and ``harmless``; ``stat``:
+    Spearman's rho with ``ci95`` and ``n``, written in the title.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        groups.setdefault(p["group"], []).append(p)
+    markers = iter("osD^vP*X")
+    for group, members in groups.items():
+        ax.scatter([p["tkic"] for p in members], [p["harmless"] for p in members], marker=next(markers, "o"),
+                   label=esc(group), s=36, alpha=0.85)
+        for p in members:
+            ax.annotate(esc(p.get("label", "")), (p["tkic"], p["harmless"]), fontsize=6, xytext=(3, 2),
+                        textcoords="offset points")
+    ax.set_xlabel("TKIC top-1 on malicious input (middle third of depth)")
+    ax.set_ylabel("1 - ASR on malicious input")
+    ax.set_ylim(-0.05, 1.05)
+    lo, hi = stat.get("ci95", [float("nan")] * 2)
+    ax.set_title(f"Spearman rho {stat.get('rho', float('nan')):.2f} [{lo:.2f}, {hi:.2f}], n = {stat.get('n')}",
+                 fontsize=10)
+    ax.legend(fontsize=7)
+    return save_figure(fig, Path(out), "align_claim4", caption)

@@ -20,6 +20,7 @@ import os
 import resource
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,22 @@ def _peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _earlier_segments(out: Path, resumed_from: int | None) -> list[dict[str, Any]]:
+    """The segments of earlier calls on a resumed run (from its ``align_run.json``), up to the resumed step."""
+    from ihs.io import read_json
+
+    path = out / AlignResult.FILE
+    if not resumed_from or not path.is_file():
+        return []
+    return [s for s in read_json(path).get("segments", []) if int(s.get("to_step", 0)) <= resumed_from]
+
+
 def run_align(model: str, out: str | Path, options: AlignOptions | None = None, *, command: str | None = None,
               progress: bool = True) -> AlignResult:
     """Train ``model`` into the run folder ``out`` (resumes a run there) and summarise it."""
@@ -135,17 +152,26 @@ def run_align(model: str, out: str | Path, options: AlignOptions | None = None, 
     losses = [r["loss"] for r in result.log if r.get("loss") is not None]
     runtime = next((r["train_runtime"] for r in reversed(result.log) if "train_runtime" in r), None)
     trained = result.step - (result.resumed_from or 0)
+    segment = {"from_step": result.resumed_from or 0, "to_step": result.step, "wall_seconds": round(wall, 1),
+               "trainer_seconds": runtime, "seconds_per_step": round(runtime / max(trained, 1), 2) if runtime else None,
+               "peak_rss_mib": _peak_rss_mib(), "threads": _threads(),
+               "load_average_before": [round(x, 2) for x in load],
+               "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+    segments = _earlier_segments(Path(out), result.resumed_from) + [segment]
     payload = {
         "command": command or command_line(model, out, options), "model": model, "method": options.method,
         "options": asdict(options), "run_dir": str(out), "steps": result.step,
         "checkpoints": [step for step, _ in result.checkpoints],
         "examples": read_json(Path(out) / "run.json").get("examples"),
         "association": options.association, "loss_first": losses[0] if losses else None,
-        "loss_last": losses[-1] if losses else None, "wall_seconds": round(wall, 1),
-        "trainer_seconds": runtime, "resumed_from": result.resumed_from,
-        "seconds_per_step": round(runtime / max(trained, 1), 2) if runtime else None,
-        "peak_rss_mib": _peak_rss_mib(), "load_average_before": [round(x, 2) for x in load],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+        "loss_last": losses[-1] if losses else None,
+        # the whole run: the sum over its segments (a resumed run has one per call) and the largest peak
+        "wall_seconds": round(sum(s["wall_seconds"] for s in segments), 1),
+        "peak_rss_mib": max(s["peak_rss_mib"] for s in segments),
+        "seconds_per_step": segment["seconds_per_step"], "trainer_seconds": runtime,
+        "resumed_from": result.resumed_from, "segments": segments,
+        "load_average_before": segment["load_average_before"], "load_average_after": segment["load_average_after"],
+        "cpus": os.cpu_count(),
     }
     return AlignResult(payload)
 
@@ -305,36 +331,69 @@ def track_checkpoint(step: int, folder: Path, records: dict[str, list[Any]], opt
     from ihs.workflows.probe import ProbeOptions, run_probe
 
     started = time.perf_counter()
+    parts: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        parts[name] = round(now - since, 1)
+        return now
+
     lm = load_model(str(folder), dtype=options.dtype)
+    t = lap("load", started)
     name = f"step-{step:06d}"
     flat = [r for c in EVAL_CLASSES for r in records[c]]
     store = extract(lm, flat, None, ExtractOptions(), progress=progress)
+    t = lap("extract", t)
     probe = run_probe({name: store}, ProbeOptions(classifiers=[options.classifier], classes=["normal", "malicious"],
                                                   folds=options.folds, seed=options.seed, bow=False, cross=False,
                                                   by="none"), progress=False)
+    t = lap("probe", t)
     lens = run_lens({name: store}, LensOptions(layers=options.lens_layers), model=lm, progress=False)
+    t = lap("lens", t)
     gen = run_generate(lm, flat, GenerateConfig(max_new_tokens=options.max_new_tokens, batch_size=options.gen_batch,
                                                 judge=options.judge), progress=progress)
+    t = lap("generate", t)
     ppl = (answer_perplexity(lm, reference_answers(options.perplexity_answers))
            if options.perplexity_answers else None)
+    lap("perplexity", t)
     if out is not None:
         probe.save(out / name / "probe", figures=())
         lens.save(out / name / "lens", figures=False)
         gen.save(out / name / "generate", figures=False)
     meta = read_meta(folder)
     return {"step": step, "checkpoint": str(folder), "loss": meta.get("loss"), "num_layers": lm.num_layers,
+            "weights": checkpoint_digest(folder),
             "probe": _probe_row(probe, lm.num_layers), "lens": _lens_row(lens), "generate": _generate_row(gen),
             "perplexity": {k: v for k, v in ppl.items() if k != "answers"} if ppl else None,
-            "seconds": round(time.perf_counter() - started, 1)}
+            "seconds": round(time.perf_counter() - started, 1), "seconds_parts": parts}
+
+
+def checkpoint_digest(folder: str | Path) -> str:
+    """sha256 over a checkpoint's weight files and chat template: equal digests mean the same model to measure.
+
+    Every run's step 0 is the base model (LoRA starts as a no-op), so runs of one base model share that row.
+    """
+    import hashlib
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors")) + [p for p in (folder / "chat_template.jinja",) if p.is_file()]
+    for path in files:
+        h.update(path.name.encode() + b"\0")
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 ROW_FILE = "track_row.json"
 
 
 def _cached_row(step: int, folder: Path, records: dict[str, list[Any]], options: TrackOptions,
-                out: Path | None) -> dict[str, Any]:
+                out: Path | None, reuse: Sequence[Path] = ()) -> dict[str, Any]:
     """A checkpoint's row, reused from ``out/step-N/track_row.json`` when measured with the same options and
-    checkpoint (so a run can be tracked while it trains, or after an interruption, without measuring twice)."""
+    checkpoint (so a run can be tracked while it trains, or after an interruption, without measuring twice),
+    or from a row of another tracked run in ``reuse`` measured with the same options on identical weights."""
     from ihs.io import read_json, write_json
 
     same = {k: v for k, v in asdict(options).items() if k != "steps"}
@@ -344,7 +403,26 @@ def _cached_row(step: int, folder: Path, records: dict[str, list[Any]], options:
         saved = read_json(cache)
         if saved.get("options") == same and saved.get("created_at") == created:
             return saved["row"]
-    row = track_checkpoint(step, folder, records, options, out, progress=False)
+    row = None
+    if reuse:
+        digest = checkpoint_digest(folder)
+        for other in reuse:
+            for path in sorted(Path(other).glob(f"step-*/{ROW_FILE}")):
+                saved = read_json(path)
+                if saved.get("options") != same:
+                    continue
+                weights = saved["row"].get("weights")
+                measured = saved["row"].get("checkpoint")
+                if weights is None and measured and Path(measured).is_dir():  # a row written before digests
+                    weights = checkpoint_digest(measured)
+                if weights == digest:
+                    row = {**saved["row"], "step": step, "checkpoint": str(folder), "loss": read_meta(folder).get("loss"),
+                           "weights": digest, "reused_from": str(path)}
+                    break
+            if row is not None:
+                break
+    if row is None:
+        row = track_checkpoint(step, folder, records, options, out, progress=False)
     if cache is not None:
         write_json(cache, {"options": same, "created_at": created, "row": row})
     return row
@@ -359,8 +437,14 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 
 def run_track(run_dir: str | Path, options: TrackOptions | None = None, *, out: str | Path | None = None,
-              command: str | None = None, progress: bool = True) -> TrackResult:
-    """Measure every checkpoint of the alignment run in ``run_dir`` on the fixed held-out evaluation set."""
+              command: str | None = None, progress: bool = True,
+              reuse: Sequence[str | Path] = ()) -> TrackResult:
+    """Measure every checkpoint of the alignment run in ``run_dir`` on the fixed held-out evaluation set.
+
+    With ``out``, each checkpoint's row is kept in ``out/step-N/track_row.json`` and reused by later calls.
+    ``reuse``: output folders of other tracked runs whose rows are taken for checkpoints with identical
+    weights (:func:`checkpoint_digest`) measured with the same options, such as the shared step 0.
+    """
     from ihs.align import list_checkpoints
     from ihs.io import read_json
     from ihs.progress import progress_bar
@@ -378,7 +462,8 @@ def run_track(run_dir: str | Path, options: TrackOptions | None = None, *, out: 
     rows = []
     with progress_bar("tracking checkpoints", total=len(checkpoints), unit="checkpoints", enabled=progress) as adv:
         for step, folder in checkpoints:
-            rows.append(_cached_row(step, folder, records, options, Path(out) if out else None))
+            rows.append(_cached_row(step, folder, records, options, Path(out) if out else None,
+                                    [Path(p) for p in reuse]))
             adv(1)
     key = run.get("key", {})
     payload = {"command": command, "run_dir": str(run_dir), "method": key.get("options", {}).get("method"),
