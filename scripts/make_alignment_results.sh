@@ -36,13 +36,18 @@ track() {  # track NAME: every exported checkpoint of runs/align/NAME, one job p
   for dir in "$BASE_TRACK" "$OUT"/sft-track "$OUT"/assoc-track "$OUT"/dpo-track; do
     [[ -d $dir && $dir != "$OUT/$name-track" ]] && reuse+=(--reuse "$dir")
   done
-  steps=$(ls "$OUT/$name/checkpoints" | sed -n 's/^step-0*\([0-9][0-9]*\)$/\1/p; s/^step-0*$/0/p' | sort -n)
+  # wait until the run has trained all its steps (another job may still be training it)
+  until [[ -f $OUT/$name/align_run.json ]] && grep -q "\"steps\": $STEPS," "$OUT/$name/align_run.json"; do
+    sleep 30
+  done
+  steps=$(ls "$OUT/$name/checkpoints" | sed -n 's/^step-0*\([0-9][0-9]*\)$/\1/p' | sort -n)
   for step in $steps; do
     "${RUNNER[@]}" .venv/bin/ihs align track "$OUT/$name" --out "$OUT/$name-track" "${TRACK[@]}" \
       --steps "$step" "${reuse[@]}" --no-progress
   done
-  # the whole table and figures (every row is cached now)
-  .venv/bin/ihs align track "$OUT/$name" --out "$OUT/$name-track" "${TRACK[@]}" "${reuse[@]}" --no-progress
+  # the whole table and figures (every row is cached now: nothing is measured)
+  .venv/bin/ihs align track "$OUT/$name" --out "$OUT/$name-track" "${TRACK[@]}" "${reuse[@]}" --no-progress \
+    --steps "$(echo $steps | tr ' ' ,)"
 }
 
 for stage in $STAGES; do
