@@ -49,6 +49,7 @@ def main() -> None:
     from ihs.data.prepare import prepare
     from ihs.guard import Guard
     from ihs.guard.early_exit import pad_right
+    from ihs.io import write_json
     from ihs.models.loading import load_model
 
     lm = load_model(args.model)
@@ -109,7 +110,7 @@ def main() -> None:
             "score_prompts_per_second": len(texts) / w[f"{name}:score"],
             "full_prompts_per_second": len(texts) / w["full"]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    write_json(args.out, out, indent=2)
     print(json.dumps(out, indent=2))
 
 

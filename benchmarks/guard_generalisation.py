@@ -1,6 +1,7 @@
 """Tables of the guard's generalisation (docs/GUARD.md) from what scripts/make_guard_generalisation.sh writes.
 
     .venv/bin/python benchmarks/guard_generalisation.py runs/guardgen > benchmarks/results/guard_generalisation.md
+    .venv/bin/python benchmarks/guard_generalisation.py --summary runs/guardgen      # the short tables of GUARD.md
 
 Per model: the guards fitted (kind, deepest layer, calibration per benign kind); the leave-one-group-out table
 per key, worst group first, for the new guard, today's recipe on the new sets and on the old four sets, and
@@ -172,6 +173,152 @@ def cost_lines(short: str) -> list[str]:
     return out
 
 
+# -- the short tables of docs/GUARD.md (--summary) ----------------------------------------------------------------
+
+KEY_LABEL = {"family": "jailbreak / wrapper family", "category:malicious": "malicious category",
+             "benign-kind": "benign kind", "reformulation": "reformulation", "dataset": "dataset (training set)"}
+#: (set, kind) rows of the per-kind rate table: benign kinds (FPR) then malicious kinds (TPR)
+RATE_ROWS = [("bank-train (held-out)", "normal"), ("bank-train (held-out)", "contrast"),
+             ("bank-train (held-out)", "alarming"), ("bank-train (held-out)", "wrapped"),
+             ("bank-train (held-out)", "buried (benign)"), ("bank-paper", "normal_prompt"),
+             ("bank-multi", "multilingual (benign)"),
+             ("bank-train (held-out)", "malicious"), ("bank-train (held-out)", "jailbreak"),
+             ("bank-train (held-out)", "reformulated"), ("bank-train (held-out)", "reformulated:past_tense"),
+             ("bank-train (held-out)", "reformulated:future_tense"), ("bank-train (held-out)", "buried (malicious)"),
+             ("bank-paper", "malicious_prompt"), ("bank-multi", "multilingual (malicious)")]
+SET_LABEL = {"bank-train (held-out)": "built-in, held-out goals", "bank-paper": "paper's files",
+             "bank-multi": "multilingual (zh, es, fr, sw, bn)"}
+
+
+def _worst(s: dict | None) -> str:
+    if not s or s.get("worst_auroc") is None:
+        return "-"
+    return f"{f(s['worst_auroc'])} / {f(s['mean_auroc'])}"
+
+
+def summary_key_table(root: Path) -> list[str]:
+    """Per model and key: worst / mean group AUROC of each method, keys worst first, random folds beside."""
+    out = ["| model | held out, one group at a time | groups | new guard: worst group | new guard: worst / mean AUROC | "
+           "old recipe, new sets: worst / mean | old recipe, old sets: worst / mean | bag-of-words: worst / mean |",
+           "|---|---|---|---|---|---|---|---|"]
+    for short, name in MODELS:
+        res = (load(root / short / "holdout" / "eval.json") or {}).get("holdout")
+        if not res:
+            continue
+        rows = []
+        for key, r in res["keys"].items():
+            sm = r["summary"]
+            g = sm["guard"]
+            rows.append((g["worst_auroc"] if g["worst_auroc"] is not None else 9,
+                         f"| {name} | {KEY_LABEL.get(key, key)} | {g['n_groups']} | {g['worst_group']} | "
+                         f"**{_worst(g)}** | {_worst(sm.get('old recipe'))} | {_worst(sm.get('old recipe, old sets'))} | "
+                         f"{_worst(sm.get('bag-of-words'))} |"))
+        out += [line for _, line in sorted(rows)]
+        rnd = res.get("random")
+        if rnd:
+            sm = rnd["summary"]
+            out.append(f"| {name} | *random goal-level folds (in distribution)* | {sm['guard']['n_groups']} | | "
+                       f"{_worst(sm['guard'])} | {_worst(sm.get('old recipe'))} | "
+                       f"{_worst(sm.get('old recipe, old sets'))} | {_worst(sm.get('bag-of-words'))} |")
+    return out
+
+
+def summary_worst_groups(root: Path, top: int = 6) -> list[str]:
+    """The ``top`` held-out groups where the new guard does worst, per model, over every key."""
+    out = ["| model | group (key) | held prompts | new guard: AUROC | TPR / FPR at its threshold | old recipe, new sets: "
+           "AUROC | old recipe, old sets: AUROC | bag-of-words: AUROC |", "|---|---|---|---|---|---|---|---|"]
+    for short, name in MODELS:
+        res = (load(root / short / "holdout" / "eval.json") or {}).get("holdout")
+        if not res:
+            continue
+        entries = []
+        for key, r in res["keys"].items():
+            for g, e in r["groups"].items():
+                m = e.get("guard") or {}
+                if m.get("auroc") is not None:
+                    entries.append((m["auroc"], key, g, e))
+        for auc, key, g, e in sorted(entries, key=lambda t: t[0])[:top]:
+            m = e["guard"]
+            others = " | ".join(f((e.get(k) or {}).get("auroc")) for k in ("old recipe", "old recipe, old sets",
+                                                                             "bag-of-words"))
+            out.append(f"| {name} | {g} ({key}) | {e['n_held']} | {f(auc)} | {f(m.get('tpr'))} / {f(m.get('fpr'))} | "
+                       f"{others} |")
+    return out
+
+
+def summary_nested(root: Path) -> list[str]:
+    """The kind chosen inside every training side against the kind chosen once, where that run exists."""
+    out = ["| model | held out | groups | kind chosen once (on the guard's training split): worst / mean | kind chosen "
+           "again inside every training side: worst / mean |", "|---|---|---|---|---|"]
+    have = False
+    for short, name in MODELS:
+        res = (load(root / short / "holdout-nested" / "eval.json") or {}).get("holdout")
+        if not res:
+            continue
+        nested = next((m for m in res["methods"] if m.startswith("new guard (kind chosen")), None)
+        for key, r in res["keys"].items():
+            sm = r["summary"]
+            have = True
+            out.append(f"| {name} | {KEY_LABEL.get(key, key)} | {sm['guard']['n_groups']} | {_worst(sm['guard'])} | "
+                       f"{_worst(sm.get(nested)) if nested else '-'} |")
+    return out if have else []
+
+
+def summary_rates(root: Path) -> list[str]:
+    """TPR (malicious kinds) and FPR (benign kinds) at each guard's fitted threshold, new guard (old recipe) [n]."""
+    names = [(short, name) for short, name in MODELS if (root / short / "eval-new" / "eval.json").is_file()]
+    out = ["| prompts (never seen by any guard) | kind | rate | " + " | ".join(
+        f"{name}: new guard (old recipe, new sets) [n]" for _, name in names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for set_name, kind in RATE_ROWS:
+        cells, rate_name = [], None
+        for short, _ in names:
+            vals = []
+            for g in ("new", "old"):
+                ev = load(root / short / f"eval-{g}" / "eval.json") or {"sets": []}
+                s = next((x for x in ev["sets"] if x["name"] == set_name), None)
+                bk = ((s or {}).get("guard") or {}).get("by_kind") or {}
+                m = (bk.get("kind") or {}).get(kind) or (bk.get("subkind") or {}).get(kind)
+                vals.append(m)
+            new, old = vals
+            if not new:
+                cells.append("-")
+                continue
+            rate_name = "fpr" if new.get("cls") == "benign" else "tpr"
+            cells.append(f"{f(new.get(rate_name))} ({f((old or {}).get(rate_name))}) [{new['n']}]")
+        if rate_name:
+            goal = "FPR (goal <= 0.02)" if rate_name == "fpr" else "TPR (goal >= 0.8)"
+            out.append(f"| {SET_LABEL.get(set_name, set_name)} | {kind} | {goal} | " + " | ".join(cells) + " |")
+    return out
+
+
+def summary_cost() -> list[str]:
+    out = ["| model | guard | kind | blocks run / L | CPU time / full pass | wall time / full pass | `guard score` "
+           "prompts/s | full pass prompts/s | load average during |", "|---|---|---|---|---|---|---|---|---|"]
+    for short, name in MODELS:
+        c = load(Path("benchmarks/results") / f"guard_cost_{short}.json")
+        if not c:
+            continue
+        for g_name, g in c["guards"].items():
+            out.append(f"| {name} | {g_name} | `{g['kind']}` | {g['deepest_layer']} / {c['num_layers']} | "
+                       f"{f(g['cpu_share_of_full'], 2)} | {f(g['wall_share_of_full'], 2)} | "
+                       f"{f(g['score_prompts_per_second'], 2)} | {f(g['full_prompts_per_second'], 2)} | "
+                       f"{c['load_average_during'][1]:.1f}-{c['load_average_during'][0]:.1f} |")
+    return out
+
+
+def summary(root: Path) -> None:
+    """The short tables docs/GUARD.md shows (the full ones are in benchmarks/results/guard_generalisation.md)."""
+    for title, lines in [("Leave-one-group-out, per key (worst key first)", summary_key_table(root)),
+                         ("Worst held-out groups of the new guard", summary_worst_groups(root)),
+                         ("Kind chosen once vs inside every training side", summary_nested(root)),
+                         ("Rates at the fitted threshold", summary_rates(root)),
+                         ("Cost", summary_cost())]:
+        if lines:
+            print(f"#### {title}\n")
+            print("\n".join(lines))
+            print()
+
+
 def main(root: Path, top: int | None) -> None:
     for short, name in MODELS:
         if not (root / short).is_dir():
@@ -193,6 +340,9 @@ def main(root: Path, top: int | None) -> None:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--top=")]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
     tops = [int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--top=")]
-    main(Path(args[0] if args else "runs/guardgen"), tops[0] if tops else None)
+    if "--summary" in sys.argv[1:]:
+        summary(Path(args[0] if args else "runs/guardgen"))
+    else:
+        main(Path(args[0] if args else "runs/guardgen"), tops[0] if tops else None)

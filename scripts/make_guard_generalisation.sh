@@ -37,7 +37,8 @@ multi_of() { case $1 in smollm2) echo 30;; tiny) echo 2;; *) echo 10;; esac; }
 run() {  # run OUT CMD...: skip when OUT exists, log next to it
   local out=$1; shift
   if [ -e "$out" ]; then echo "have $out"; return; fi
-  echo "+ $*"; local log="$out.log"; mkdir -p "$(dirname "$out")"
+  local log="$out.log"; case $out in benchmarks/*) log=runs/guardgen/logs/$(basename "$out").log;; esac
+  echo "+ $*"; mkdir -p "$(dirname "$out")" "$(dirname "$log")"
   "$@" > "$log" 2>&1 || { echo "failed: see $log"; tail -3 "$log"; exit 1; }
 }
 
@@ -62,10 +63,10 @@ for short in "${models[@]}"; do
   done
   run $B/holdout $IHS guard eval $B/guard-new $HOLDOUT --compare "old recipe=$B/guard-old" \
       --compare "old recipe, old sets=$B/guard-old4" --out $B/holdout
-  if [ "$short" = smollm2 ]; then  # the kind chosen again inside every training side (slow: one selection a split)
-    run $B/holdout-nested $IHS guard eval $B/guard-new --holdout dataset --holdout reformulation --nested \
-        --min-group ${MIN_GROUP:-5} --random-folds 0 --no-bow --out $B/holdout-nested
-  fi
+  # the kind chosen again inside every training side, so no choice saw the held-out group (slow: one selection
+  # a split, so only the dataset and reformulation keys)
+  run $B/holdout-nested $IHS guard eval $B/guard-new --holdout dataset --holdout reformulation --nested \
+      --min-group ${MIN_GROUP:-5} --random-folds 0 --no-bow --out $B/holdout-nested
   run benchmarks/results/guard_cost_$short.json env OMP_NUM_THREADS=2 $PY benchmarks/guard_cost.py --model "$M" \
       --guard new=$B/guard-new --guard old=$B/guard-old --prompts 32 --repeats 3 \
       --out benchmarks/results/guard_cost_$short.json
