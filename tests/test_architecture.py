@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ihs"
 
 CORE = {"data", "models", "formatting", "store", "io", "layers", "errors", "progress"}
 RUNNING = {"hooks", "batching", "prefix_cache", "extract", "generation", "bench", "distributed"}
-COMPUTE = {"analysis", "interventions", "guard", "plots", "explain", "align"}
+COMPUTE = {"analysis", "interventions", "guard", "plots", "explain", "align", "adversarial"}
 UPPER = {"workflows", "pipeline", "report", "cli", "api"}
 #: package or module (first name under ihs) -> names under ihs it must never import
 FORBIDDEN = {

@@ -45,6 +45,7 @@ def _register() -> None:
     from ihs.cli import align
     app.add_typer(align.app, name="align", help="Align models (SFT, DPO) and track their checkpoints.")
     app.command("explain")(__import__("ihs.cli.explain", fromlist=["explain_cmd"]).explain_cmd)
+    app.add_typer(__import__("ihs.cli.attack", fromlist=["app"]).app, name="attack", help="Adversarial training: scan, generate, rounds.")
 
 
 _register()

@@ -21,6 +21,7 @@ REGISTRY: tuple[str, ...] = (
     "ihs.workflows.languages:LanguagesStep",
     "ihs.workflows.explain:ExplainStep",
     "ihs.workflows.align:AlignStep",
+    "ihs.workflows.attack:AttackStep",
 )
 
 
