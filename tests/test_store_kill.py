@@ -1,10 +1,13 @@
-"""kill -9 at seeded random points of an extraction, then a re-run; two writers on one store.
+"""kill -9 at seeded random points of ``ihs extract`` and ``ihs run``, then a re-run; two writers on one store.
 
-Each trial starts a child process that extracts 40 prompts of a tiny model (2 per batch, 4 rows per
-shard, a short sleep per batch so kills land everywhere), kills it with SIGKILL after a seeded random
-delay, checks what is on disk, and resumes in this process: the store must be complete, its rows
-unique, its states equal to an uninterrupted run, and the rows lost to the kill at most one shard
-(plus the batch in flight). Trials run until TRIAL_BUDGET_S is spent (at least MIN_TRIALS).
+Each trial starts a child process that runs the real CLI (``ihs extract`` or ``ihs run`` with the
+probe analysis) on 40 prompts of a tiny saved model (2 per batch, 4 rows per shard, a short sleep
+per batch so kills land everywhere from model load to the last step), kills it with SIGKILL after a
+seeded random delay, checks what is on disk, and re-runs the same command in this process: it must
+succeed, the store must be complete, its rows unique, its states equal to an uninterrupted run's, and
+the rows lost to the kill at most one shard (plus the batch in flight). Trials run until
+IHS_KILL_BUDGET_S seconds per command are spent (at least MIN_TRIALS), or exactly IHS_KILL_TRIALS
+trials per command when that is set.
 """
 
 from __future__ import annotations
@@ -21,23 +24,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_tiny
+from conftest import make_tiny, save_tiny
 from ihs.errors import StoreError
 from ihs.extraction import ExtractOptions, extract
 from ihs.store import ActivationStore, store_problem
 
-TRIAL_BUDGET_S = float(os.environ.get("IHS_KILL_BUDGET_S", "40"))
-MIN_TRIALS = 4
+TRIAL_BUDGET_S = float(os.environ.get("IHS_KILL_BUDGET_S", "20"))  # per command
+TRIALS = int(os.environ.get("IHS_KILL_TRIALS", "0"))  # exactly this many per command when set
+MIN_TRIALS = 2
 SEED = 20261130
 N, BATCH, SHARD_ROWS = 40, 2, 4
+SLEEP = 0.05  # seconds added to each batch of a CLI child, so that kills land between batches too
 OPTS = ExtractOptions(batch_size=BATCH, shard_rows=SHARD_ROWS, max_batch_tokens=4096)
 CHILD = textwrap.dedent(f"""
     import os, sys, time
     sys.path.insert(0, {str(Path(__file__).parent)!r})
-    from conftest import make_tiny
     import ihs.extraction as ex
     from ihs.extraction import ExtractOptions, extract
-    from test_store_kill import records
     real = ex.forward_last_states
     done = [0]
     def slow(lm, ids, prefix=None):
@@ -49,15 +52,26 @@ CHILD = textwrap.dedent(f"""
             time.sleep(0.05)
         return out
     ex.forward_last_states = slow
-    lm = make_tiny("llama")
-    print("ready", flush=True)
-    try:
-        extract(lm, records(), sys.argv[1], ExtractOptions(batch_size={BATCH}, shard_rows={SHARD_ROWS},
-                max_batch_tokens=4096), progress=False)
-    except Exception as exc:
-        print("refused", exc, flush=True)
-        sys.exit(3)
-    print("finished", flush=True)
+    ex.rows_per_shard = lambda *a, **k: {SHARD_ROWS}
+    if sys.argv[3] == "api":
+        from conftest import make_tiny, save_tiny
+        from test_store_kill import records
+        lm = make_tiny("llama")
+        print("ready", flush=True)
+        try:
+            extract(lm, records(), sys.argv[1], ExtractOptions(batch_size={BATCH}, shard_rows={SHARD_ROWS},
+                    max_batch_tokens=4096), progress=False)
+        except Exception as exc:
+            print("refused", exc, flush=True)
+            sys.exit(3)
+        print("finished", flush=True)
+    else:  # the real CLI: ihs ARGS... (imported before "ready", so the kill window is the command's work)
+        from ihs.cli import app
+        print("ready", flush=True)
+        try:
+            app(sys.argv[3:], prog_name="ihs")
+        finally:
+            print("finished", flush=True)
 """)
 
 
@@ -66,12 +80,13 @@ def records() -> list[dict]:
     return [dict(id=f"p{i}", text=t, label="a" if i % 2 else "b", dataset="t", tags={}) for i, t in enumerate(texts)]
 
 
-def start_child(tmp: Path, out: Path, sleep: float) -> subprocess.Popen:
+def start_child(tmp: Path, out: Path, sleep: float, args: list[str] | None = None) -> subprocess.Popen:
+    """A child writing ``out``: the extraction API (``args`` None) or ``ihs ARGS``, ``sleep`` s per batch."""
     script = tmp / "child.py"
     script.write_text(CHILD)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, str(script), str(out), str(sleep)], stdout=subprocess.PIPE, text=True,
-                            env=env)
+    return subprocess.Popen([sys.executable, str(script), str(out), str(sleep), *(args or ["api"])],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
 
 
 def wait_for(child: subprocess.Popen, word: str) -> None:
@@ -86,35 +101,126 @@ def reference(tmp_path_factory):
     return extract(make_tiny("llama"), records(), tmp_path_factory.mktemp("ref") / "s", OPTS, progress=False)
 
 
-def test_kill9_at_random_points_then_resume(tmp_path, reference):
-    rng = random.Random(SEED)
-    lm = make_tiny("llama")
-    started, trials, worst_lost = time.monotonic(), 0, 0
-    while trials < MIN_TRIALS or time.monotonic() - started < TRIAL_BUDGET_S:
-        out = tmp_path / f"t{trials}"
-        child = start_child(tmp_path, out, sleep=0.03)
-        wait_for(child, "ready")
-        delay = rng.uniform(0.0, 1.2)
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """A tiny saved model, two prompt files, an ``ihs run`` config, and the uninterrupted run of each command."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from ihs.cli import app
+
+    tmp = tmp_path_factory.mktemp("cli")
+    model = save_tiny(make_tiny("llama"), tmp / "tiny")
+    recs = records()
+    for label in ("a", "b"):
+        (tmp / f"{label}.txt").write_text("".join(r["text"] + "\n" for r in recs if r["label"] == label))
+    data = {"a": str(tmp / "a.txt"), "b": str(tmp / "b.txt")}
+    config = tmp / "run.yaml"
+    config.write_text(yaml.safe_dump({"models": [str(model)], "data": data, "analyses": ["probe"],
+                                      "extract": {"batch_size": BATCH}, "probe": {"folds": 2}}))
+
+    def command(kind: str, out: Path) -> list[str]:
+        if kind == "extract":
+            return ["extract", "--model", str(model), *[a for k, v in data.items() for a in ("--data", f"{k}={v}")],
+                    "--batch-size", str(BATCH), "--out", str(out)]
+        return ["run", "--config", str(config), "--no-progress", "--out", str(out)]
+
+    def invoke(args: list[str]) -> str:
+        with pytest.MonkeyPatch.context() as mp:  # the children's shard size, without their sleep
+            mp.setattr("ihs.extraction.rows_per_shard", lambda *a, **k: SHARD_ROWS)
+            result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, f"ihs {' '.join(args)}\n{result.output}"
+        return result.output
+
+    refs = {}
+    for kind in ("extract", "run"):
+        out = tmp / f"ref-{kind}"
+        invoke(command(kind, out))
+        refs[kind] = ActivationStore.load(store_of(kind, out))
+    return command, invoke, refs
+
+
+def store_of(kind: str, out: Path) -> Path:
+    """Where the store of ``ihs extract --out OUT`` or ``ihs run --out OUT`` lies."""
+    if kind == "extract":
+        return out
+    found = list(out.glob("*/extract/store"))
+    return found[0] if found else out / "none"
+
+
+def kill_somewhere(child: subprocess.Popen, rng: random.Random, phase: int, rows_at: list[float],
+                   span: float) -> tuple[str, int]:
+    """SIGKILL ``child`` at a seeded point: phases 0 and 2 after a random batch (plus up to one batch's
+    sleep), phase 1 at a random time in 1.2 times an uninterrupted run, phase 3 after the last batch
+    (writing the last shard, or ``ihs run``'s later steps). Returns where, and the rows seen computed."""
+    computed = 0
+    if phase == 1:
+        delay = rng.uniform(0.0, 1.2 * span)
         time.sleep(delay)
-        child.send_signal(signal.SIGKILL)
+        where = f"at {delay:.2f} s"
+    else:
+        target = rng.randint(1, N // BATCH) * BATCH if phase in (0, 2) else N
+        for line in child.stdout:
+            if line.startswith("rows"):
+                computed = int(line.split()[1])
+                if computed >= target:
+                    break
+        extra = rng.uniform(0.0, SLEEP) if phase in (0, 2) else rng.uniform(0.0, max(0.1, span - rows_at[-1]))
+        time.sleep(extra)
+        where = f"{extra:.2f} s after row {target}"
+    child.send_signal(signal.SIGKILL)
+    return where, computed
+
+
+@pytest.mark.parametrize("kind", ["extract", "run"])
+def test_kill9_at_random_points_then_rerun(tmp_path, cli, kind):
+    command, invoke, refs = cli
+    reference = refs[kind]
+    rng = random.Random(f"{SEED}-{kind}")
+    timing = start_child(tmp_path, tmp_path / "timing", SLEEP, command(kind, tmp_path / "timing"))
+    wait_for(timing, "ready")
+    t0, rows_at = time.monotonic(), []
+    for line in timing.stdout:  # when an uninterrupted child computes its batches, and when it ends
+        if line.startswith("rows"):
+            rows_at.append(time.monotonic() - t0)
+        if line.startswith("finished"):
+            break
+    span = time.monotonic() - t0
+    timing.wait()
+    started, trials, worst_lost, outcomes = time.monotonic(), 0, 0, []
+    while (trials < TRIALS) if TRIALS else (trials < MIN_TRIALS or time.monotonic() - started < TRIAL_BUDGET_S):
+        out = tmp_path / f"t{trials}"
+        child = start_child(tmp_path, out, SLEEP, command(kind, out))
+        wait_for(child, "ready")
+        where, computed = kill_somewhere(child, rng, trials % 4, rows_at, span)
         rest = child.stdout.read()
         child.wait()
-        computed = max([int(x.split()[1]) for x in rest.splitlines() if x.startswith("rows")] or [0])
-        if out.exists() and (out / "manifest.json").exists():
-            partial = ActivationStore.load(out, allow_partial=True)
+        computed = max([computed] + [int(x.split()[1]) for x in rest.splitlines() if x.startswith("rows")])
+        store, kept = store_of(kind, out), 0
+        if (store / "manifest.json").exists():
+            partial = ActivationStore.load(store, allow_partial=True)
             rows = [r["row"] for r in partial.records]
             assert len(rows) == len(set(rows))
-            if child.returncode == -9:
-                worst_lost = max(worst_lost, computed - len(rows))
-        resumed = extract(lm, records(), out, OPTS, progress=False)
-        assert store_problem(out) is None and not (out / ".lock").exists()
+            kept = len(rows)
+        lost = computed - kept if child.returncode == -9 else 0
+        worst_lost = max(worst_lost, lost)
+        outcomes.append(f"{where}: {'killed' if child.returncode == -9 else 'finished'},"
+                        f"{computed} computed,{kept} on disk")
+        output = invoke(command(kind, out))  # the re-run must succeed
+        store = store_of(kind, out)
+        assert store_problem(store) is None and not (store / ".lock").exists()
+        resumed = ActivationStore.load(store)
         assert resumed.ids == reference.ids and len(set(resumed.ids)) == N
         # equal up to float32 rounding: a resumed run's batches can differ from the uninterrupted run's
         np.testing.assert_allclose(resumed.hidden, reference.hidden, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(resumed.lens_ids, reference.lens_ids)
+        if kind == "run":
+            assert "failed" not in output and list(out.glob("*/probe/*")), output
         trials += 1
-    print(f"kill -9 trials: {trials} (seed {SEED}); most rows lost to one kill: {worst_lost} "
-          f"(shard {SHARD_ROWS} rows, batch {BATCH})")
+    print(f"\nkill -9 of ihs {kind}: {trials} trials (seed {SEED}-{kind}; uninterrupted: batches at "
+          f"{rows_at[0]:.2f}..{rows_at[-1]:.2f} s, end at {span:.2f} s); "
+          f"most rows lost to one kill: "
+          f"{worst_lost} (shard {SHARD_ROWS} rows, batch {BATCH}); " + "; ".join(outcomes))
     assert worst_lost <= SHARD_ROWS + BATCH
 
 
