@@ -132,3 +132,20 @@ def test_generate_cli_writes_seeded_attacks(tmp_path):
         res = runner.invoke(app, ["attack", "generate", "--out", str(tmp_path / name), "--random", "--prompts", "5"])
         assert res.exit_code == 0, res.output
     assert read_jsonl(tmp_path / "a" / "attacks.jsonl") == read_jsonl(tmp_path / "b" / "attacks.jsonl")
+
+
+def test_defenses_on_the_same_held_out_prompts(interrupted_run):
+    from ihs.workflows.attack import run_defenses
+
+    out, _ = interrupted_run
+    result = run_defenses(out, layers="2", alpha=0.5, progress=False)
+    v = result["variants"]
+    assert set(v) == {"undefended", "steer_if_flagged", "refuse_when_flagged"}
+    n = len(read_json(out / "eval_set.json")["attacks"])
+    assert all(x["asr"]["n"] == n for x in v.values())
+    # refusing flagged prompts can only lower ASR and raise over-refusal
+    assert v["refuse_when_flagged"]["asr"]["k"] == v["undefended"]["asr"]["k"] - sum(
+        a["flagged"] and not a["refused"] for a in result["answers"]["undefended"] if a["label"] == "jailbreak")
+    assert summary(out)["base"]["defense"]["alpha"] == 0.5
+    with pytest.raises(IhsError, match="has not finished"):
+        run_defenses(out, layers="2", alpha=0.5, round_=7, progress=False)

@@ -48,7 +48,7 @@ class MeasureOptions:
         return asdict(self)
 
 
-def _dedupe(groups: Sequence[Sequence[dict[str, Any]]]) -> tuple[list[dict[str, Any]], list[list[int]]]:
+def dedupe(groups: Sequence[Sequence[dict[str, Any]]]) -> tuple[list[dict[str, Any]], list[list[int]]]:
     """All rows once (first occurrence wins) and, per group, the positions of its rows."""
     rows: list[dict[str, Any]] = []
     where: dict[str, int] = {}
@@ -90,7 +90,7 @@ def measure(lm: Any, *, probe_rows: Sequence[dict[str, Any]], scored_rows: Seque
     if not {"normal", "malicious"} <= labels:
         raise IhsError("the probe prompts need both 'normal' and 'malicious' rows")
     started = time.perf_counter()
-    rows, (probe_idx, scored_idx, guard_idx) = _dedupe([probe_rows, scored_rows, guard_rows])
+    rows, (probe_idx, scored_idx, guard_idx) = dedupe([probe_rows, scored_rows, guard_rows])
     store = extract(lm, rows, None, ExtractOptions(chat=options.chat, k=options.lens_k,
                                                    batch_size=options.batch_size), progress=progress)
     t_extract = time.perf_counter() - started

@@ -321,6 +321,14 @@ class Runner:
         return out
 
 
+def _defense(folder: Path) -> dict[str, Any] | None:
+    path = folder / "defense.json"
+    if not path.is_file():
+        return None
+    d = read_json(path)
+    return {k: v for k, v in d.items() if k != "answers"}
+
+
 def summary(out: str | Path) -> dict[str, Any]:
     """Every finished round of a run folder: the headline measures per arm and round (for reports)."""
     out = Path(out)
@@ -334,10 +342,12 @@ def summary(out: str | Path) -> dict[str, Any]:
         while (out / arm / f"round-{k}" / "round.json").is_file():
             done = read_json(out / arm / f"round-{k}" / "round.json")
             ev = read_json(out / arm / f"round-{k}" / "eval.json")
-            arms.setdefault(arm, []).append({**done, "eval": ev["summary"], "eval_info": ev["info"]})
+            defense = out / arm / f"round-{k}" / "defense.json"
+            arms.setdefault(arm, []).append({**done, "eval": ev["summary"], "eval_info": ev["info"],
+                                             "defense": _defense(defense.parent)})
             k += 1
     scan0 = read_json(out / "round-0" / "scan.json") if (out / "round-0" / "scan.json").is_file() else None
     return {"run": str(out), "model": plan["model"], "options": plan["options"],
             "base": None if base is None else {"eval": base["summary"], "eval_info": base["info"],
-                                               "seconds": base["seconds"]},
+                                               "seconds": base["seconds"], "defense": _defense(out / "round-0")},
             "scan": scan0, "arms": arms}

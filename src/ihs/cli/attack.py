@@ -5,6 +5,8 @@
   "the early probe says malicious" and "the model complies"; ``attack_scan.json``.
 * ``ihs attack generate --scan DIR --out DIR``: new training-side attacks weighted by a scan (``--random``:
   uniform); ``attacks.jsonl``.
+* ``ihs attack defend RUN --layers 18:21 --alpha 0.05``: the probe-conditioned steering defense and
+  refuse-when-flagged on the run's held-out prompts (the base model, or a round's with ``--round``).
 * ``ihs attack rounds --model M --out RUN``: adversarial-training rounds (``--arm targeted|random``), resumable;
   ``RUN/attack.json`` and ``RUN/attack.md`` summarise every finished round.
 """
@@ -21,7 +23,7 @@ import typer
 from ihs.cli import common
 from ihs.errors import IhsError
 from ihs.progress import console
-from ihs.workflows.attack import AttackOptions, run_generate, run_rounds, run_scan
+from ihs.workflows.attack import AttackOptions, run_defenses, run_generate, run_rounds, run_scan, summarise
 from ihs.workflows.base import help_of
 
 A = AttackOptions
@@ -125,3 +127,21 @@ def rounds_cmd(
                       f"{row['over_refusal_contrast']} wrapped {row['over_refusal_wrapped']}, guard AUROC "
                       f"{row['guard_auroc']}")
     console.print(f"wrote {out / result.FILE} and {out / 'attack.md'}")
+
+
+@app.command("defend")
+def defend_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Rounds folder made by `ihs attack rounds`.")],
+    layers: Annotated[str, typer.Option(help="Steered layers (layer grammar), chosen on other prompts.")],
+    alpha: Annotated[float, typer.Option(help="Steering strength, in units of each layer's mean norm.")],
+    round_: Annotated[int, typer.Option("--round", help="The model a round ended with (0: the base model).")] = 0,
+    arm: Annotated[str, typer.Option(help="The arm of --round (targeted or random).")] = "targeted",
+    progress: common.Progress = True,
+) -> None:
+    """Steer-if-flagged and refuse-when-flagged on the run's held-out prompts, beside the undefended model."""
+    result = run_defenses(run_dir, layers=layers, alpha=alpha, arm=arm, round_=round_, progress=progress)
+    for name, v in result["variants"].items():
+        console.print(f"{name}: held-out ASR {v['asr']['rate']}, over-refusal contrast "
+                      f"{v['over_refusal_contrast']['rate']} wrapped {v['over_refusal_wrapped']['rate']}")
+    summarise(run_dir, command=None).save(run_dir)
+    console.print(f"wrote defense.json in {run_dir}")

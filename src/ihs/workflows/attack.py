@@ -19,8 +19,8 @@ from ihs.errors import IhsError
 from ihs.io import write_jsonl
 from ihs.workflows.base import Result, Skip, Step, StepContext, opt
 
-__all__ = ["AttackOptions", "AttackResult", "AttackStep", "GenerateResult", "ScanResult", "run_generate",
-           "run_rounds", "run_scan"]
+__all__ = ["AttackOptions", "AttackResult", "AttackStep", "GenerateResult", "ScanResult", "run_defenses",
+           "run_generate", "run_rounds", "run_scan"]
 
 
 @dataclass(kw_only=True)
@@ -217,6 +217,32 @@ def summarise(out: str | Path, *, command: str | None = None) -> AttackResult:
     from ihs.adversarial import summary
 
     return AttackResult({"command": command, **summary(out)})
+
+
+def run_defenses(run_dir: str | Path, *, layers: str, alpha: float, arm: str = "targeted", round_: int = 0,
+                 progress: bool = True) -> dict[str, Any]:
+    """The steering defense and refuse-when-flagged on a rounds folder's evaluation set, for the model a round
+    ended with (round 0: the base model); writes ``defense.json`` into that round's folder."""
+    from ihs.adversarial.defenses import compare_defenses
+    from ihs.adversarial.measure import MeasureOptions
+    from ihs.io import read_json, write_json
+    from ihs.models.loading import load_model
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "plan.json").is_file() or not (run_dir / "eval_set.json").is_file():
+        raise IhsError(f"{run_dir} is not an adversarial run (no plan.json or eval_set.json)")
+    plan = read_json(run_dir / "plan.json")
+    folder = run_dir / "round-0" if round_ == 0 else run_dir / arm / f"round-{round_}"
+    if round_ and not (folder / "round.json").is_file():
+        raise IhsError(f"round {round_} of the {arm} arm has not finished in {run_dir}")
+    model = plan["model"] if round_ == 0 else read_json(folder / "round.json")["model"]
+    measure = MeasureOptions(**plan["options"]["measure"])
+    result = compare_defenses(load_model(model), read_json(run_dir / "eval_set.json"), layers=layers, alpha=alpha,
+                              options=measure, progress=progress)
+    result = {"model": model, "round": round_, "arm": arm if round_ else "base", **result}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "defense.json", result)
+    return result
 
 
 @dataclass(kw_only=True)
