@@ -9,6 +9,9 @@
 # `ihs attack rounds` resumes what the folder already holds, so the script can be re-run after an
 # interruption. HEAVY names a wrapper that queues CPU-heavy commands (default: none); ROUNDS (3),
 # OUT (runs/adversarial/NAME) and THREADS (1) can be set in the environment.
+# DEFENSE_LAYERS / DEFENSE_ALPHA: the steering setting `ihs defend sweep` chose on its own tune split
+# (docs/RESULTS.md, "Defense": SmolLM2 18:21 at 0.05, Qwen 13:16 at 0.2); the base model is measured
+# with it and with refuse-when-flagged on the rounds' held-out prompts (round-0/defense.json).
 # Writes benchmarks/results/adversarial_NAME.json and .md (the rounds summary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +39,9 @@ for k in $(seq 1 "$ROUNDS"); do
   $HEAVY "$IHS" attack rounds --model "$MODEL" --out "$OUT" --arm targeted --rounds "$k" "${SIZES[@]}"
 done
 wait "$RANDOM_PID"
+if [ ! -f "$OUT/round-0/defense.json" ]; then
+  $HEAVY "$IHS" attack defend "$OUT" --layers "${DEFENSE_LAYERS:-18:21}" --alpha "${DEFENSE_ALPHA:-0.05}" --no-progress
+fi
 # every round is done: this only reads the folder back and writes the summary
 "$IHS" attack rounds --model "$MODEL" --out "$OUT" --arm targeted --rounds "$ROUNDS" "${SIZES[@]}"
 mkdir -p benchmarks/results
