@@ -1,45 +1,86 @@
 #!/usr/bin/env bash
-# The numbers in docs/EXPLAIN.md: ihs explain on SmolLM2-135M-Instruct (CPU, one job at a time, niced).
-# Usage: bash scripts/make_explain_results.sh [OUT]   (default OUT=runs/explain)
-# Each run prints the load average before it starts; the host is shared (2 cores), so speeds are lower bounds.
+# The numbers and figures of docs/EXPLAIN.md: ihs explain on the three zoo models, in small resumable pieces.
+#
+# Usage: bash scripts/make_explain_results.sh [smollm2|qwen|gemma|examples|speed|summary|tiny ...]
+#        (default: smollm2 gemma qwen examples summary; "speed" is separate: run it when the host is quiet)
+# Every piece is one `ihs explain` (or script) run with its own folder under $OUT (default runs/explain-zoo);
+# a piece whose result exists is skipped, so an interrupted run resumes where it stopped. RUNNER (default
+# "nice -n 10") prefixes every model job: on a shared host give it a job queue (e.g. a slot wrapper), so each
+# piece (a few minutes) queues on its own. Each piece's log holds the load average before and after it.
+#
+# Pieces per model (the probe: logistic regression on the last-token states at the middle layer round(L/2),
+# fitted on a seeded sample of 32 normal + 32 malicious prompts that are never explained; --sample draws the
+# training prompts first, so every piece of a model fits the same probe):
+#   ig-CLASS   integrated gradients (32 Gauss-Legendre steps) of the probe logit for N seeded random prompts of
+#              CLASS (malicious, contrast, jailbreak, wrapped; at most 160 tokens after formatting), with
+#              deletion/insertion curves against 3 random orders and the bag-of-words order (8-point curves)
+#   gxi-CLASS  the same prompts with gradient x input
+#   cosines    per-layer cosines (every layer) between the malicious-vs-normal, refusal and concept directions,
+#              64 + 64 training prompts, 10 random-word and 10 shuffled-concept controls per concept
+# examples: scripts/explain_examples.py (guard verdicts, heat maps, layer-by-layer stories; SmolLM2)
+# speed:    ihs explain, IG with 32 steps, batched (up to 8 prompts per group), 8 malicious + 8 normal prompts on
+#           SmolLM2, attribution only: prompts/s (explain.json timing) with the load average in its log
+# summary:  scripts/explain_summary.py -> benchmarks/results/explain_zoo.{json,md} and the figures in docs/figures
 set -euo pipefail
-OUT=${1:-runs/explain}
-MODEL=${MODEL:-smollm2-135m-instruct}
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/explain-zoo}
+RUNNER=${RUNNER:-nice -n 10}
 IHS=".venv/bin/ihs"
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+PY=".venv/bin/python"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 DATA=(--data normal=builtin:normal --data malicious=builtin:malicious --data contrast=builtin:contrast
-      --data wrapped=builtin:wrapped --data reformulated=builtin:reformulated)
-mkdir -p "$OUT"
-run() {  # run NAME ARGS...: one ihs explain job, its load average and wall time in OUT/NAME.log
-  local name=$1; shift
-  echo "== $name  load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/$name.log"
-  local t0; t0=$(date +%s)
-  nice -n 10 "$IHS" explain --model "$MODEL" "${DATA[@]}" "$@" --no-progress --out "$OUT/$name" 2>&1 \
-    | grep --line-buffered -v "Loading weights" | tee -a "$OUT/$name.log"
-  echo "== $name  wall $(( $(date +%s) - t0 )) s, load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/$name.log"
+      --data jailbreak=builtin:jailbreak --data wrapped=builtin:wrapped)
+CLASSES=(malicious contrast jailbreak wrapped)
+
+model_of() { case $1 in smollm2) echo smollm2-135m-instruct;; qwen) echo qwen2.5-coder-0.5b-instruct;;
+                        gemma) echo gemma-3-270m;; tiny) echo "${TINY_MODEL:?set TINY_MODEL to a tiny model folder}";;
+                        *) echo "unknown model $1" >&2; exit 2;; esac; }
+# prompts explained per class: what fits the shared 2-core host (Qwen is about 3.5x SmolLM2's cost per token)
+n_of() { case $1 in smollm2) echo "${N_SMOLLM2:-10}";; gemma) echo "${N_GEMMA:-10}";; qwen) echo "${N_QWEN:-6}";;
+                    tiny) echo 2;; esac; }
+steps_of() { case $1 in tiny) echo 4;; *) echo 32;; esac; }
+
+piece() {  # piece DIR CMD...: skip when DIR/explain.json (or DIR/done) exists; log beside DIR with the load
+  local dir=$1; shift
+  if [ -e "$dir/explain.json" ] || [ -e "$dir/done" ]; then echo "have $dir"; return 0; fi
+  mkdir -p "$(dirname "$dir")"
+  local log="$dir.log" t0; t0=$(date +%s)
+  echo "== $dir  load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$log"
+  echo "+ $*" >> "$log"
+  if ! $RUNNER "$@" >> "$log" 2>&1; then echo "failed: see $log"; tail -3 "$log"; return 1; fi
+  echo "== $dir  wall $(( $(date +%s) - t0 )) s, load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$log"
+  mkdir -p "$dir" && touch "$dir/done"
 }
-# Small samples: the host is shared and loaded (load average 7-12 on 2 cores), so 2 prompts per class of five
-# classes are explained (jailbreak wrappers are covered by builtin:wrapped: benign requests in jailbreak wrappers).
-CLASSES=normal,malicious,contrast,wrapped,reformulated
-# 1. the probe at the middle layer (15 of 30), integrated gradients, 32 steps, faithfulness against random (3
-#    orders) and bag-of-words orders, direction cosines at layers 0,5,...,30 with 5 controls per concept and kind.
-run probe-ig --target probe --method ig --steps 32 --classes $CLASSES --limit 2 --train-limit 32 \
-    --random-orders 3 --cosine-layers 0:L:5 --controls 5
-# 2. the same prompts and probe with gradient x input (faithfulness only).
-run probe-gxi --target probe --method gxi --classes $CLASSES --limit 2 --train-limit 32 --random-orders 3 --no-cosines
-# 3. the worked examples: heat maps of the first wrapped (benign request in a jailbreak-style wrapper) and the
-#    first two reformulated (harmful request in another tense) prompts, and one contrast prompt, as a small page.
-.venv/bin/python - "$OUT/probe-ig/explain.json" docs/figures/explain_examples.html <<'PY'
-import html, json, sys
-from ihs.plots.explain import CSS, heatmap_block
-data = json.load(open(sys.argv[1]))
-picked = [it for it in data["items"] if it["label"] in ("wrapped", "reformulated", "contrast")]
-body = "".join(f"<h2>{html.escape(it['label'])}: {html.escape(str(it['tags'].get('wrapper') or it['tags'].get('reformulation') or it['tags'].get('trigger')))}</h2>"
-               + heatmap_block(it) for it in picked)
-cmd = html.escape(data.get("command", ""))
-open(sys.argv[2], "w").write(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>ihs explain: worked examples</title>'
-                             f"<style>{CSS}</style></head><body><p><code>{cmd}</code></p>{body}</body></html>")
-PY
-# 4. the refusal margin (the whole model runs), integrated gradients, 32 steps, 2 prompts per class.
-run refusal-ig --target refusal --method ig --steps 32 --classes $CLASSES --limit 2 --train-limit 32 \
-    --random-orders 3 --no-cosines
+
+run_model() {
+  local short=$1 M N S
+  M=$(model_of "$short"); N=$(n_of "$short"); S=$(steps_of "$short")
+  local common=(--model "$M" "${DATA[@]}" --target probe --sample --limit "$N" --train-limit 32 --max-tokens 160
+                --random-orders 3 --faith-steps 8 --no-cosines --no-progress)
+  for c in "${CLASSES[@]}"; do
+    piece "$OUT/$short/ig-$c" "$IHS" explain "${common[@]}" --classes "$c" --method ig --steps "$S" \
+        --out "$OUT/$short/ig-$c"
+  done
+  for c in "${CLASSES[@]}"; do
+    piece "$OUT/$short/gxi-$c" "$IHS" explain "${common[@]}" --classes "$c" --method gxi --out "$OUT/$short/gxi-$c"
+  done
+  piece "$OUT/$short/cosines" "$IHS" explain --model "$M" "${DATA[@]}" --target probe --sample --classes normal \
+      --limit 1 --train-limit 64 --steps 4 --no-faithfulness --cosines --cosine-layers 0:L --controls 10 \
+      --no-progress --out "$OUT/$short/cosines"
+}
+
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && targets=(smollm2 gemma qwen examples summary)
+for t in "${targets[@]}"; do
+  case $t in
+    smollm2|qwen|gemma|tiny) run_model "$t";;
+    examples) piece "$OUT/examples" "$PY" scripts/explain_examples.py --model smollm2-135m-instruct \
+                  --guard "${GUARD:-runs/guardgen/smollm2/guard-old4}" --out "$OUT/examples";;
+    speed) piece "$OUT/speed" "$IHS" explain --model smollm2-135m-instruct "${DATA[@]}" --target probe --sample \
+               --classes malicious,normal --limit 8 --method ig --steps 32 --no-faithfulness --no-cosines \
+               --no-progress --out "$OUT/speed";;
+    summary) $PY scripts/explain_summary.py --runs "$OUT" --out benchmarks/results/explain_zoo \
+                 --figures docs/figures;;
+    *) echo "unknown target $t" >&2; exit 2;;
+  esac
+done

@@ -16,6 +16,7 @@ from ihs.workflows.base import help_of
 from ihs.workflows.explain import ExplainOptions, ExplainResult, command_line, run_explain
 
 H = ExplainOptions
+D = ExplainOptions()
 
 
 def explain_cmd(
@@ -29,18 +30,20 @@ def explain_cmd(
     guard: Annotated[Path | None, typer.Option(help=help_of(H, "guard"))] = None,
     word: Annotated[str, typer.Option(help=help_of(H, "word"))] = "sorry",
     classes: Annotated[str | None, typer.Option(help=help_of(H, "classes"))] = None,
-    limit: Annotated[int, typer.Option(help=help_of(H, "limit"))] = 4,
-    train_limit: Annotated[int, typer.Option(help=help_of(H, "train_limit"))] = 64,
+    limit: Annotated[int, typer.Option(help=help_of(H, "limit"))] = D.limit,
+    sample: Annotated[bool, typer.Option("--sample/--first", help=help_of(H, "sample"))] = D.sample,
+    train_limit: Annotated[int, typer.Option(help=help_of(H, "train_limit"))] = D.train_limit,
     faithfulness: Annotated[bool, typer.Option("--faithfulness/--no-faithfulness",
                                                help=help_of(H, "faithfulness"))] = True,
-    faith_steps: Annotated[int, typer.Option(help=help_of(H, "faith_steps"))] = 10,
-    random_orders: Annotated[int, typer.Option(help=help_of(H, "random_orders"))] = 5,
+    faith_steps: Annotated[int, typer.Option(help=help_of(H, "faith_steps"))] = D.faith_steps,
+    random_orders: Annotated[int, typer.Option(help=help_of(H, "random_orders"))] = D.random_orders,
     cosines: Annotated[bool, typer.Option("--cosines/--no-cosines", help=help_of(H, "cosines"))] = True,
-    cosine_layers: Annotated[str | None, typer.Option(help=help_of(H, "cosine_layers"))] = None,
-    controls: Annotated[int, typer.Option(help=help_of(H, "controls"))] = 10,
+    cosine_layers: Annotated[str | None, typer.Option(help=help_of(H, "cosine_layers"))] = D.cosine_layers,
+    controls: Annotated[int, typer.Option(help=help_of(H, "controls"))] = D.controls,
     sanity: Annotated[bool, typer.Option("--sanity/--no-sanity", help=help_of(H, "sanity"))] = False,
     batch_size: Annotated[int, typer.Option(help=help_of(H, "batch_size"))] = 8,
     max_batch_tokens: Annotated[int, typer.Option(help=help_of(H, "max_batch_tokens"))] = 2048,
+    max_tokens: Annotated[int | None, typer.Option(help=help_of(H, "max_tokens"))] = None,
     seed: Annotated[int, typer.Option(help=help_of(H, "seed"))] = 0,
     formats: Annotated[str, typer.Option(help="Figure formats: png, svg, pdf (empty: none).")] = "png",
     chat: common.Chat = None,
@@ -52,10 +55,10 @@ def explain_cmd(
     """Which input tokens move a probe, a guard, the refusal margin or an emotion logit (integrated gradients)."""
     options = ExplainOptions(target=target, method=method, steps=steps, layer=layer,
                              guard=str(guard) if guard else None, word=word, classes=common.csv(classes),
-                             limit=limit, train_limit=train_limit, faithfulness=faithfulness,
+                             limit=limit, sample=sample, train_limit=train_limit, faithfulness=faithfulness,
                              faith_steps=faith_steps, random_orders=random_orders, cosines=cosines,
                              cosine_layers=cosine_layers, controls=controls, sanity=sanity, batch_size=batch_size,
-                             max_batch_tokens=max_batch_tokens, seed=seed)
+                             max_batch_tokens=max_batch_tokens, max_tokens=max_tokens, seed=seed)
     options.validate()
     if not data:
         raise IhsError("give prompts with --data NAME=SPEC (e.g. --data normal=builtin:normal)")
@@ -77,9 +80,10 @@ def print_summary(result: ExplainResult) -> None:
     n = result.numbers()
     for label, e in n["share"].items():
         a, m = e["alarm"], e["marked"]
-        console.print(escape(f"  {label} (n={e['n']}): share on alarming words {_f(a['share'])} "
+        console.print(escape(f"  {label} (n={e['n']}): share on alarming words {_f(a['share'])}{_ci(a.get('share_ci'))} "
                              f"(uniform {_f(a['uniform'])}, {a['prompts']} prompts); on marked span "
-                             f"{_f(m['share'])} (uniform {_f(m['uniform'])}, {m['prompts']} prompts)"))
+                             f"{_f(m['share'])}{_ci(m.get('share_ci'))} (uniform {_f(m['uniform'])}, "
+                             f"{m['prompts']} prompts)"))
     c = n["completeness"]
     console.print(f"  completeness: median relative gap {_f(c['median_relative_gap'])}, "
                   f"max {_f(c['max_relative_gap'])}")
@@ -94,3 +98,7 @@ def print_summary(result: ExplainResult) -> None:
 
 def _f(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci else f" [{ci[0]:.3f}, {ci[1]:.3f}]"

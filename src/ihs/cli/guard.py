@@ -190,6 +190,11 @@ def score_cmd(
     device: common.Device = None,
     limit: Annotated[int | None, typer.Option(help="First N distinct prompts per dataset.")] = None,
     batch_size: Annotated[int, typer.Option(help="Largest batch.")] = 32,
+    explain: Annotated[bool, typer.Option("--explain", help="Also attribute each verdict to the prompt's tokens "
+                                          "(integrated gradients, 32 steps, on the guard's logit; linear last-token "
+                                          "guards): prints the tokens that push each way; with --out each row gets "
+                                          "an 'explanation' and a heat map page is written beside it "
+                                          "(OUT.explain.html).")] = False,
 ) -> None:
     """Score prompts with early exit: probability of malicious and verdict per prompt."""
     if not data and not prompt:
@@ -201,6 +206,12 @@ def score_cmd(
     seconds = time.perf_counter() - started
     console.print(f"scored {len(rows)} prompts in {seconds:.2f} s ({len(rows) / max(seconds, 1e-9):.2f} prompts/s), "
                   f"blocks 1..{guard.layer} of {guard.model.get('num_layers')} ({guard.kind})")
+    if explain:
+        from ihs.workflows.explain import explain_guard_rows
+
+        page = Path(out).with_suffix(".explain.html") if out else None
+        for line in explain_guard_rows(guard, records, rows, html=page):
+            typer.echo(line)
     if out:
         write_jsonl(out, rows)
     if prompt and not data:

@@ -16,7 +16,6 @@ malicious prompts that are not explained), at the layer the options name (defaul
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ihs.errors import IhsError
+from ihs.explain.shares import alarming_words, class_shares, token_share, word_spans
 from ihs.layers import parse_layers
 from ihs.workflows.base import Result, Step, StepContext, opt, records_digest
 
@@ -35,6 +35,7 @@ METHODS = {"ig": "ig", "gxi": "grad_x_input"}
 TRAIN_CLASSES = ("normal", "malicious")
 FIGURE_FORMATS = ("png", "svg", "pdf")
 VOLATILE = ("timing", "command")
+DEFAULT_COSINE_LAYERS = "0.2,0.4,0.5,0.6,0.8,L"
 
 
 @dataclass(kw_only=True)
@@ -51,19 +52,26 @@ class ExplainOptions:
     guard: str | None = opt(None, "Guard folder (made by `ihs guard fit`) for target guard.")
     word: str = opt("sorry", "The emotion word for target emotion.")
     classes: list[str] | None = opt(None, "Classes to explain (null: every class in the data).")
-    limit: int = opt(4, "Prompts explained per class (the first ones of each class).")
-    train_limit: int = opt(64, "Training prompts per class for the probe and the bag-of-words order "
+    limit: int = opt(2, "Prompts explained per class (the first ones of each class, or a seeded sample with "
+                        "sample).")
+    sample: bool = opt(False, "Draw the explained prompts and the training prompts as seeded random samples of "
+                              "each class (training first, so it does not depend on which classes are explained) "
+                              "instead of taking the first ones; the built-in files are ordered by category.")
+    train_limit: int = opt(32, "Training prompts per class for the probe and the bag-of-words order "
                                "(never the explained ones).")
     faithfulness: bool = opt(True, "Deletion/insertion curves against random and bag-of-words orders.")
-    faith_steps: int = opt(10, "Points on each deletion/insertion curve.")
-    random_orders: int = opt(5, "Random orders averaged per prompt.")
+    faith_steps: int = opt(8, "Points on each deletion/insertion curve.")
+    random_orders: int = opt(3, "Random orders averaged per prompt.")
     cosines: bool = opt(True, "Per-layer cosines of the malicious-vs-normal, refusal and concept directions.")
-    cosine_layers: str | None = opt(None, "Layers for the cosines, in the layer grammar (null: all).")
-    controls: int = opt(10, "Random and shuffled control directions per concept.")
+    cosine_layers: str | None = opt(DEFAULT_COSINE_LAYERS, "Layers for the cosines, in the layer grammar "
+                                                           "(null: all).")
+    controls: int = opt(5, "Random and shuffled control directions per concept.")
     sanity: bool = opt(False, "Randomised-weights check: Spearman correlation of attributions after "
                               "re-initialising the decoder blocks (one more attribution pass).")
     batch_size: int = opt(8, "Prompts grouped in one attribution pass.")
     max_batch_tokens: int = opt(2048, "Padded tokens per forward/backward pass (bounds memory).")
+    max_tokens: int | None = opt(None, "Skip explained prompts longer than this many tokens after formatting "
+                                       "(null: keep all); attribution cost grows with length.")
     seed: int = opt(0, "Seed for random orders, controls and the probe.")
 
     def validate(self) -> None:
@@ -80,6 +88,8 @@ class ExplainOptions:
                 raise IhsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.controls < 0:
             raise IhsError(f"controls must be >= 0, got {self.controls}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise IhsError(f"max_tokens must be at least 1, got {self.max_tokens}")
 
 
 class ExplainResult(Result):
@@ -126,20 +136,53 @@ def _key(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def split_records(records: Sequence[Any], options: ExplainOptions) -> tuple[list[Any], list[Any]]:
-    """(explained, training): the first ``limit`` prompts of each explained class, and up to ``train_limit``
-    normal and malicious prompts per class whose text is not explained."""
+def split_records(records: Sequence[Any], options: ExplainOptions,
+                  length: Any = None) -> tuple[list[Any], list[Any]]:
+    """(explained, training): ``limit`` prompts of each explained class, and up to ``train_limit`` normal and
+    malicious prompts per class whose text is not explained.
+
+    Without ``sample``: the first ``limit`` prompts of each class are explained and the first other ones train.
+    With ``sample``: the training prompts are a seeded random sample of each training class drawn first (so they
+    are the same whichever classes are explained), and the explained prompts a seeded random sample of each
+    class among the rest. ``length(text)`` (token count) with ``max_tokens`` leaves longer prompts unexplained.
+    """
     classes = options.classes or list(dict.fromkeys(r.label for r in records))
-    explained: list[Any] = []
+
+    def fits(r: Any) -> bool:
+        return options.max_tokens is None or length is None or length(r.text) <= options.max_tokens
+
+    if options.sample:
+        rng = np.random.default_rng(options.seed)
+        training = []
+        for label in TRAIN_CLASSES:
+            pool = list({_key(r.text): r for r in records if r.label == label}.values())
+            picked = sorted(rng.permutation(len(pool))[: options.train_limit].tolist())
+            training += [pool[i] for i in picked]
+        held = {_key(r.text) for r in training}
+        explained = []
+        draw = np.random.default_rng([options.seed, 1])
+        for label in classes:
+            pool = [r for r in records if r.label == label and _key(r.text) not in held]
+            chosen: list[int] = []
+            for i in draw.permutation(len(pool)).tolist():
+                if len(chosen) >= options.limit:
+                    break
+                if fits(pool[i]):
+                    chosen.append(i)
+            explained += [pool[i] for i in sorted(chosen)]
+        if not explained:
+            raise IhsError(f"no prompts of the classes {', '.join(classes)} to explain")
+        return explained, training
+    explained = []
     seen: dict[str, int] = {}
     for r in records:
-        if r.label in classes and seen.get(r.label, 0) < options.limit:
+        if r.label in classes and seen.get(r.label, 0) < options.limit and fits(r):
             explained.append(r)
             seen[r.label] = seen.get(r.label, 0) + 1
     if not explained:
         raise IhsError(f"no prompts of the classes {', '.join(classes)} to explain")
     held = {_key(r.text) for r in explained}
-    training: list[Any] = []
+    training = []
     counts: dict[str, int] = {}
     for r in records:
         if r.label in TRAIN_CLASSES and _key(r.text) not in held and counts.get(r.label, 0) < options.train_limit:
@@ -208,48 +251,7 @@ def make_target(lm: Any, training: Sequence[Any], options: ExplainOptions, fmt: 
 # -- shares ----------------------------------------------------------------------------------------
 
 
-def alarming_words(records: Sequence[Any]) -> list[str]:
-    """The alarming-word lexicon: the shipped harm concepts' words and every contrast trigger in the data."""
-    from ihs.explain import ConceptLibrary
-    from ihs.explain.concepts import HARM_CONCEPTS
-
-    lib = ConceptLibrary.default()
-    words = {w.casefold() for name in HARM_CONCEPTS if name in lib.concepts for w in lib.concepts[name].words}
-    words |= {str(r.tags["trigger"]).casefold() for r in records if (r.tags or {}).get("trigger")}
-    return sorted(w for w in words if w.strip())
-
-
-def word_spans(text: str, words: Sequence[str]) -> list[tuple[int, int]]:
-    """Character spans of whole-word occurrences of any of ``words`` (case-insensitive)."""
-    if not words:
-        return []
-    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-                         + r")(?!\w)", re.IGNORECASE)
-    return [(m.start(), m.end()) for m in pattern.finditer(text)]
-
-
-def _share(scores: np.ndarray, user: np.ndarray, mask: np.ndarray) -> tuple[float | None, float | None]:
-    """(share of |attribution| of the user tokens on ``mask``, share of user tokens in ``mask``)."""
-    total = np.abs(scores[user]).sum()
-    n = int(user.sum())
-    if n == 0 or not mask[user].any():
-        return None, None
-    return (float(np.abs(scores[user & mask]).sum() / total) if total > 0 else None), float(mask[user].sum() / n)
-
-
-def class_shares(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per class: mean share of |attribution| on alarming words and on the marked span, against the share of
-    user tokens they are (what a uniform attribution would give), over the prompts that have such tokens."""
-    out: dict[str, Any] = {}
-    for label in dict.fromkeys(it["label"] for it in items):
-        entry: dict[str, Any] = {"n": sum(it["label"] == label for it in items)}
-        for kind in ("alarm", "marked"):
-            got = [it[f"{kind}_share"] for it in items if it["label"] == label and it[f"{kind}_share"] is not None]
-            base = [it[f"{kind}_tokens"] for it in items if it["label"] == label and it[f"{kind}_share"] is not None]
-            entry[kind] = {"prompts": len(got), "share": float(np.mean(got)) if got else None,
-                           "uniform": float(np.mean(base)) if base else None}
-        out[label] = entry
-    return out
+_share = token_share
 
 
 def _items(attr: Any, explained: Sequence[Any], pts: Sequence[Any], spans: Sequence[Any],
@@ -269,7 +271,11 @@ def _items(attr: Any, explained: Sequence[Any], pts: Sequence[Any], spans: Seque
 
 
 def _goals(records: Sequence[Any]) -> list[Any]:
-    return [SimpleNamespace(id=(r.tags or {}).get("source_id") or r.id, text=r.text) for r in records]
+    """Every record as a possible goal, under its source id and under its record id (wrapped prompts name
+    their goal by the one, jailbreak prompts by the other)."""
+    out = [SimpleNamespace(id=r.id, text=r.text) for r in records]
+    out += [SimpleNamespace(id=r.tags["source_id"], text=r.text) for r in records if (r.tags or {}).get("source_id")]
+    return out
 
 
 # -- the workflow ----------------------------------------------------------------------------------
@@ -333,8 +339,12 @@ def run_explain(lm: Any, records: Sequence[Any], options: ExplainOptions | None 
     options.validate()
     if options.layer is not None:
         one_layer(options.layer, lm.num_layers)
-    explained, training = split_records(records, options)
     fmt = {"chat": chat, "system_prompt": system_prompt}
+
+    def length(text: str) -> int:
+        return len(tokenize_prompts(lm, [text], **fmt)[0])
+
+    explained, training = split_records(records, options, length)
     target, probe_info = make_target(lm, training, options, fmt, progress)
     aopts = AttributionOptions(method=METHODS[options.method], steps=options.steps, batch_size=options.batch_size,
                                max_batch_tokens=options.max_batch_tokens, progress=progress, **fmt)
@@ -382,13 +392,13 @@ def command_line(model: str, data: Sequence[str], options: ExplainOptions, out: 
         parts += ["--data", spec]
     parts += ["--target", o.target, "--method", o.method]
     for name in ("steps", "layer", "guard", "word", "limit", "train_limit", "faith_steps", "random_orders",
-                 "cosine_layers", "controls", "seed"):
+                 "cosine_layers", "controls", "max_tokens", "seed"):
         if getattr(o, name) != getattr(d, name):
             parts += [f"--{name.replace('_', '-')}", str(getattr(o, name))]
     if o.classes:
         parts += ["--classes", ",".join(o.classes)]
     parts += [flag for flag, on in (("--no-faithfulness", not o.faithfulness), ("--no-cosines", not o.cosines),
-                                    ("--sanity", o.sanity)) if on]
+                                    ("--sanity", o.sanity), ("--sample", o.sample)) if on]
     if out is not None:
         parts += ["--out", str(out)]
     return shlex.join(parts)
@@ -400,7 +410,11 @@ class ExplainStep(Step):
     default = False
     help = ("Token attributions (integrated gradients or gradient x input) of a probe fitted on the training "
             "prompts, a guard, the refusal margin or an emotion lens logit; faithfulness against random and "
-            "bag-of-words orders; direction cosines with controls. Slow: a few prompts per class.")
+            "bag-of-words orders; direction cosines with controls. Sized to take a few minutes on a CPU by "
+            "default: 2 prompts per class, 32 training prompts per class, 3 random orders on 8-point curves, "
+            "cosines at 6 layers (0.2,0.4,0.5,0.6,0.8,L) with 5 controls. Cheaper still: explain: {limit: 1, "
+            "steps: 16, faithfulness: false, cosines: false} (or classes: [...]); larger samples: raise limit "
+            "and train_limit, sample: true.")
 
     def key(self, ctx: StepContext) -> dict[str, Any]:
         from ihs.workflows.base import file_digest
@@ -420,3 +434,34 @@ class ExplainStep(Step):
         files = result.save(folder, figures=("png",))
         return {"outputs": [ExplainResult.FILE, ExplainResult.HTML],
                 "figures": [p.name for p in files if p.suffix == ".png"]}
+
+
+# -- the guard's verdicts, explained ---------------------------------------------------------------
+
+
+def explain_guard_rows(guard: Any, records: Sequence[dict[str, Any]], rows: list[dict[str, Any]], *,
+                       html: str | Path | None = None, top: int = 5, steps: int = 32,
+                       progress: bool = True) -> list[str]:
+    """Add an ``explanation`` to each scored row (``ihs guard score --explain``) and return one printable line
+    per prompt: its verdict and the tokens that pushed the guard's logit most each way. With ``html``, also
+    write a self-contained token heat map page there (every token escaped)."""
+    from ihs.explain.guard import explain_guard
+
+    found = explain_guard(guard, [r["text"] for r in records], steps=steps, top=top, progress=progress)
+    lines = []
+    for row, exp in zip(rows, found, strict=True):
+        row["explanation"] = exp
+        if row.get("malicious") is not None and bool(row["malicious"]) != exp["malicious"] and \
+                abs(exp["logit"] - exp["threshold_logit"]) > 1e-3:
+            raise IhsError("the attributed logit disagrees with the guard's verdict; the formatting differs")
+        up = ", ".join(f"{t['token'].strip() or repr(t['token'])} {t['score']:+.2f}" for t in exp["toward_malicious"])
+        down = ", ".join(f"{t['token'].strip() or repr(t['token'])} {t['score']:+.2f}" for t in exp["toward_benign"])
+        lines.append(f"{'MALICIOUS' if exp['malicious'] else 'ok'} logit {exp['logit']:+.2f} (threshold "
+                     f"{exp['threshold_logit']:+.2f}, baseline {exp['baseline_logit']:+.2f}, gap "
+                     f"{exp['relative_gap']:.2f})  {row['text'][:60]!r}\n    toward malicious: {up or '-'}\n"
+                     f"    toward benign: {down or '-'}")
+    if html is not None:
+        from ihs.plots.explain import guard_page
+
+        Path(html).write_text(guard_page(rows, guard_name=str(guard.kind)), encoding="utf-8")
+    return lines
