@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The numbers and figures of docs/EXPLAIN.md: ihs explain on the three zoo models, in small resumable pieces.
 #
-# Usage: bash scripts/make_explain_results.sh [smollm2|qwen|gemma|examples|speed|summary|tiny ...]
-#        (default: smollm2 gemma qwen examples summary; "speed" is separate: run it when the host is quiet)
+# Usage: bash scripts/make_explain_results.sh [smollm2|qwen|gemma|tiny[:ig|:cos|:gxi ...]|examples|speed|summary ...]
+#        (default: smollm2 gemma qwen examples speed summary; MODEL:KIND runs only those pieces, e.g. qwen:ig:cos)
 # Every piece is one `ihs explain` (or script) run with its own folder under $OUT (default runs/explain-zoo);
 # a piece whose result exists is skipped, so an interrupted run resumes where it stopped. RUNNER (default
 # "nice -n 10") prefixes every model job: on a shared host give it a job queue (e.g. a slot wrapper), so each
@@ -14,12 +14,13 @@
 #   ig-CLASS   integrated gradients (32 Gauss-Legendre steps) of the probe logit for N seeded random prompts of
 #              CLASS (malicious, contrast, jailbreak, wrapped; at most 160 tokens after formatting), with
 #              deletion/insertion curves against 3 random orders and the bag-of-words order (8-point curves)
-#   gxi-CLASS  the same prompts with gradient x input
+#   gxi-CLASS  the same prompts with gradient x input (one random order: the ig pieces hold three for them)
 #   cosines    per-layer cosines (every layer) between the malicious-vs-normal, refusal and concept directions,
 #              64 + 64 training prompts, 10 random-word and 10 shuffled-concept controls per concept
 # examples: scripts/explain_examples.py (guard verdicts, heat maps, layer-by-layer stories; SmolLM2)
 # speed:    ihs explain, IG with 32 steps, batched (up to 8 prompts per group), 8 malicious + 8 normal prompts on
 #           SmolLM2, attribution only: prompts/s (explain.json timing) with the load average in its log
+# step:     ihs explain with the run step's default options on the run's default data (SmolLM2), timed
 # summary:  scripts/explain_summary.py -> benchmarks/results/explain_zoo.{json,md} and the figures in docs/figures
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +37,7 @@ model_of() { case $1 in smollm2) echo smollm2-135m-instruct;; qwen) echo qwen2.5
                         gemma) echo gemma-3-270m;; tiny) echo "${TINY_MODEL:?set TINY_MODEL to a tiny model folder}";;
                         *) echo "unknown model $1" >&2; exit 2;; esac; }
 # prompts explained per class: what fits the shared 2-core host (Qwen is about 3.5x SmolLM2's cost per token)
-n_of() { case $1 in smollm2) echo "${N_SMOLLM2:-10}";; gemma) echo "${N_GEMMA:-10}";; qwen) echo "${N_QWEN:-6}";;
+n_of() { case $1 in smollm2) echo "${N_SMOLLM2:-10}";; gemma) echo "${N_GEMMA:-8}";; qwen) echo "${N_QWEN:-5}";;
                     tiny) echo 2;; esac; }
 steps_of() { case $1 in tiny) echo 4;; *) echo 32;; esac; }
 
@@ -52,33 +53,46 @@ piece() {  # piece DIR CMD...: skip when DIR/explain.json (or DIR/done) exists; 
   mkdir -p "$dir" && touch "$dir/done"
 }
 
-run_model() {
-  local short=$1 M N S
+run_model() {  # run_model SHORT [ig|gxi|cos ...]: the model's pieces of those kinds (default all)
+  local short=$1 M N S; shift
+  local kinds=("$@"); [ ${#kinds[@]} -eq 0 ] && kinds=(ig cos gxi)
   M=$(model_of "$short"); N=$(n_of "$short"); S=$(steps_of "$short")
   local common=(--model "$M" "${DATA[@]}" --target probe --sample --limit "$N" --train-limit 32 --max-tokens 160
-                --random-orders 3 --faith-steps 8 --no-cosines --no-progress)
-  for c in "${CLASSES[@]}"; do
-    piece "$OUT/$short/ig-$c" "$IHS" explain "${common[@]}" --classes "$c" --method ig --steps "$S" \
-        --out "$OUT/$short/ig-$c"
+                --faith-steps 8 --no-cosines --no-progress)
+  for kind in "${kinds[@]}"; do
+    case $kind in
+      ig) for c in "${CLASSES[@]}"; do
+            piece "$OUT/$short/ig-$c" "$IHS" explain "${common[@]}" --classes "$c" --method ig --steps "$S" \
+                --random-orders 3 --out "$OUT/$short/ig-$c"
+          done;;
+      # gradient x input on the same prompts and probe; one random order (the ig pieces hold three for them)
+      gxi) for c in "${CLASSES[@]}"; do
+             piece "$OUT/$short/gxi-$c" "$IHS" explain "${common[@]}" --classes "$c" --method gxi \
+                 --random-orders 1 --out "$OUT/$short/gxi-$c"
+           done;;
+      cos) piece "$OUT/$short/cosines" "$IHS" explain --model "$M" "${DATA[@]}" --target probe --sample \
+               --classes normal --limit 1 --train-limit 64 --steps 4 --no-faithfulness --cosines \
+               --cosine-layers 0:L --controls 10 --no-progress --out "$OUT/$short/cosines";;
+      *) echo "unknown piece kind $kind" >&2; exit 2;;
+    esac
   done
-  for c in "${CLASSES[@]}"; do
-    piece "$OUT/$short/gxi-$c" "$IHS" explain "${common[@]}" --classes "$c" --method gxi --out "$OUT/$short/gxi-$c"
-  done
-  piece "$OUT/$short/cosines" "$IHS" explain --model "$M" "${DATA[@]}" --target probe --sample --classes normal \
-      --limit 1 --train-limit 64 --steps 4 --no-faithfulness --cosines --cosine-layers 0:L --controls 10 \
-      --no-progress --out "$OUT/$short/cosines"
 }
 
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(smollm2 gemma qwen examples summary)
+[ ${#targets[@]} -eq 0 ] && targets=(smollm2 gemma qwen examples speed summary)
 for t in "${targets[@]}"; do
   case $t in
     smollm2|qwen|gemma|tiny) run_model "$t";;
+    *:*) IFS=: read -r -a parts <<< "$t"; run_model "${parts[@]}";;
     examples) piece "$OUT/examples" "$PY" scripts/explain_examples.py --model smollm2-135m-instruct \
                   --guard "${GUARD:-runs/guardgen/smollm2/guard-old4}" --out "$OUT/examples";;
     speed) piece "$OUT/speed" "$IHS" explain --model smollm2-135m-instruct "${DATA[@]}" --target probe --sample \
                --classes malicious,normal --limit 8 --method ig --steps 32 --no-faithfulness --no-cosines \
                --no-progress --out "$OUT/speed";;
+    # the run step's defaults (ihs run --analyses explain) on the default run data, timed
+    step) piece "$OUT/step-default" "$IHS" explain --model smollm2-135m-instruct --data normal=builtin:normal \
+              --data malicious=builtin:malicious --data contrast=builtin:contrast --data jailbreak=builtin:jailbreak \
+              --no-progress --out "$OUT/step-default";;
     summary) $PY scripts/explain_summary.py --runs "$OUT" --out benchmarks/results/explain_zoo \
                  --figures docs/figures;;
     *) echo "unknown target $t" >&2; exit 2;;
