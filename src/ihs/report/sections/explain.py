@@ -23,10 +23,15 @@ def _shares(shares: dict[str, Any]) -> str:
     rows = []
     for label, e in shares.items():
         a, m = e["alarm"], e["marked"]
-        rows.append([label, e["n"], f"{num(a['share'])} ({a['prompts']})", num(a["uniform"]),
-                     f"{num(m['share'])} ({m['prompts']})", num(m["uniform"])])
-    return table(["class", "explained", "share of |attribution| on alarming words (prompts)", "uniform",
-                  "share on marked span (prompts)", "uniform"], rows, numeric=[1, 2, 3, 4, 5])
+        rows.append([label, e["n"], f"{num(a['share'])}{_ci(a.get('share_ci'))} ({a['prompts']})", num(a["uniform"]),
+                     f"{num(m['share'])}{_ci(m.get('share_ci'))} ({m['prompts']})", num(m["uniform"])])
+    return table(["class", "explained", "share of |attribution| on alarming words [95% interval] (prompts)",
+                  "uniform", "share on marked span [95% interval] (prompts)", "uniform"], rows,
+                 numeric=[1, 2, 3, 4, 5])
+
+
+def _ci(ci: list[float] | None) -> str:
+    return f" [{num(ci[0])}, {num(ci[1])}]" if ci else ""
 
 
 def _faith(faith: dict[str, Any] | None) -> str:
