@@ -14,7 +14,7 @@
 #   train-sft    LoRA SFT (refusals for training-side malicious goals, ihs's written answers for benign ones)
 #   train-assoc  the same with the association term (emotion directions, blocks L/3..L/2, weight 1)
 #   train-dpo    DPO on the same prompts (chosen: refusal / answer; rejected: compliant opening / refusal)
-#   track-sft, track-assoc, track-dpo   `ihs align track` one checkpoint per job (step 0 measured once:
+#   track-sft, track-assoc, track-dpo   `ihs align track` of every checkpoint (step 0 measured once:
 #                every run's step 0 is the base model, identical weights, reused through --reuse)
 #   claims       scripts/align_claims.py: tables, claim 4 (Spearman + bootstrap), figures
 set -euo pipefail
@@ -31,7 +31,7 @@ read -r -a RUNNER <<< "${RUN:-env OMP_NUM_THREADS=1 nice -n 10}"
 TRAIN=(--model "$MODEL" --steps $STEPS --save-every $EVERY --threads 1)
 mkdir -p "$OUT"
 
-track() {  # track NAME: every exported checkpoint of runs/align/NAME, one job per checkpoint
+track() {  # track NAME: every exported checkpoint of runs/align/NAME in one job (some 15 minutes on one thread)
   local name=$1 reuse=() steps
   for dir in "$BASE_TRACK" "$OUT"/sft-track "$OUT"/assoc-track "$OUT"/dpo-track; do
     [[ -d $dir && $dir != "$OUT/$name-track" ]] && reuse+=(--reuse "$dir")
@@ -40,14 +40,9 @@ track() {  # track NAME: every exported checkpoint of runs/align/NAME, one job p
   until [[ -f $OUT/$name/align_run.json ]] && grep -q "\"steps\": $STEPS," "$OUT/$name/align_run.json"; do
     sleep 30
   done
-  steps=$(ls "$OUT/$name/checkpoints" | sed -n 's/^step-0*\([0-9][0-9]*\)$/\1/p' | sort -n)
-  for step in $steps; do
-    "${RUNNER[@]}" .venv/bin/ihs align track "$OUT/$name" --out "$OUT/$name-track" "${TRACK[@]}" \
-      --steps "$step" "${reuse[@]}" --no-progress
-  done
-  # the whole table and figures (every row is cached now: nothing is measured)
-  .venv/bin/ihs align track "$OUT/$name" --out "$OUT/$name-track" "${TRACK[@]}" "${reuse[@]}" --no-progress \
-    --steps "$(echo $steps | tr ' ' ,)"
+  steps=$(ls "$OUT/$name/checkpoints" | sed -n 's/^step-0*\([0-9][0-9]*\)$/\1/p' | sort -n | paste -sd,)
+  "${RUNNER[@]}" .venv/bin/ihs align track "$OUT/$name" --out "$OUT/$name-track" "${TRACK[@]}" \
+    --steps "$steps" "${reuse[@]}" --no-progress
 }
 
 for stage in $STAGES; do
