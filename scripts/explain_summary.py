@@ -58,21 +58,32 @@ def _ci(values: list[float]) -> dict[str, Any]:
 
 
 def faithfulness(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean normalised areas per curve and order with bootstrap intervals, and how often attribution beats
-    random (per prompt)."""
+    """Per curve and order: the mean signed area in probe-logit units with a bootstrap interval
+    (``ihs.explain.faithfulness.signed_area``: robust where the baseline scores like the prompt), the median
+    normalised area, and per prompt how often the attribution order beats random."""
+    from ihs.explain.faithfulness import signed_area
+
     out: dict[str, Any] = {}
     for curve in ("deletion", "insertion"):
-        per = {}
+        per: dict[str, Any] = {}
         for order in ("attribution", "random", "bow"):
-            per[order] = _ci([it["auc_normalised"][curve].get(order) for it in items
-                              if order in it["auc_normalised"][curve]])
-        att = [it["auc_normalised"][curve]["attribution"] for it in items]
-        rnd = [it["auc_normalised"][curve]["random"] for it in items]
+            have = [it for it in items if order in it[curve]]
+            per[order] = _ci([signed_area(it, curve, order) for it in have])
+            norm = [it["auc_normalised"][curve][order] for it in have]
+            norm = [v for v in norm if v is not None and np.isfinite(v)]
+            per[order]["median_normalised"] = float(np.median(norm)) if norm else None
+        att = [signed_area(it, curve, "attribution") for it in items]
+        rnd = [signed_area(it, curve, "random") for it in items]
         better = [(a < r) if curve == "deletion" else (a > r) for a, r in zip(att, rnd, strict=True)
                   if np.isfinite(a) and np.isfinite(r)]
         per["attribution_beats_random"] = {"k": int(sum(better)), "n": len(better)}
         per["attribution_minus_random"] = _ci([a - r for a, r in zip(att, rnd, strict=True)])
+        if all("bow" in it[curve] for it in items):
+            bow = [signed_area(it, curve, "bow") for it in items]
+            per["attribution_minus_bow"] = _ci([a - b for a, b in zip(att, bow, strict=True)])
         out[curve] = per
+    spans = [it["direction"] * (it["full"] - it["empty"]) for it in items]
+    out["span"] = {"median": float(np.median(spans)), "mean": float(np.mean(spans))}
     return out
 
 
@@ -181,13 +192,19 @@ def markdown(summary: dict[str, Any]) -> str:
                       ""]
             f = r.get("faithfulness")
             if f:
-                lines += ["| curve | attribution | random | bag-of-words | attribution - random | beats random |",
-                          "|---|---|---|---|---|---|"]
+                lines += ["Signed areas in probe-logit units (deletion: lower is better; insertion: higher), "
+                          f"median |full - empty| {_f(f['span']['median'], 2)}:", "",
+                          "| curve | attribution | random | bag-of-words | attribution - random | attribution - bow "
+                          "| beats random (prompts) | median normalised: attr / random / bow |",
+                          "|---|---|---|---|---|---|---|---|"]
                 for curve in ("deletion", "insertion"):
                     p = f[curve]
-                    lines.append(f"| {curve} | {_fc(p['attribution'])} | {_fc(p['random'])} | {_fc(p['bow'])} | "
-                                 f"{_fc(p['attribution_minus_random'])} | {p['attribution_beats_random']['k']}/"
-                                 f"{p['attribution_beats_random']['n']} |")
+                    lines.append(f"| {curve} | {_fc(p['attribution'], 2)} | {_fc(p['random'], 2)} | "
+                                 f"{_fc(p['bow'], 2)} | {_fc(p['attribution_minus_random'], 2)} | "
+                                 f"{_fc(p.get('attribution_minus_bow'), 2)} | {p['attribution_beats_random']['k']}/"
+                                 f"{p['attribution_beats_random']['n']} | {_f(p['attribution']['median_normalised'], 2)}"
+                                 f" / {_f(p['random']['median_normalised'], 2)} / "
+                                 f"{_f(p['bow']['median_normalised'], 2)} |")
                 lines.append("")
             for c_name, piece in r["pieces"].items():
                 lines.append(f"- `{c_name}`: `{piece.get('command')}` (wall {piece.get('wall_s')} s, load "

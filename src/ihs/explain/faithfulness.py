@@ -144,6 +144,17 @@ def _auc(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.trapezoid(y, x)) if len(x) > 1 else float("nan")
 
 
+def signed_area(item: dict[str, Any], curve: str, order: str) -> float:
+    """Area under ``direction * (value - empty)`` over the fraction of user tokens, in the target's units.
+
+    Unlike the normalised area it does not divide by ``full - empty``, so prompts whose user tokens barely
+    move the target (the baseline scores almost like the prompt) weigh little instead of exploding: the mean
+    over prompts stays finite. Deletion: lower is better; insertion: higher is better.
+    """
+    y = np.asarray(item[curve][order], dtype=np.float64)
+    return _auc(np.asarray(item["fractions"], dtype=np.float64), item["direction"] * (y - item["empty"]))
+
+
 @dataclass
 class FaithfulnessResult:
     """Per-prompt deletion and insertion curves per order, with their areas."""
@@ -156,9 +167,10 @@ class FaithfulnessResult:
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        """Mean areas per curve and order (raw and normalised), and the share of prompts whose attribution
-        order beats random order on the normalised areas (prompts where removing every user token leaves
-        the target unchanged are left out)."""
+        """Mean areas per curve and order (raw, normalised with their median, and signed in the target's
+        units: :func:`signed_area`), and the share of prompts whose attribution order beats random order on
+        the normalised areas (prompts where removing every user token leaves the target unchanged are left
+        out)."""
         out: dict[str, Any] = {"prompts": len(self.items)}
         for curve in ("deletion", "insertion"):
             per: dict[str, Any] = {}
@@ -166,8 +178,12 @@ class FaithfulnessResult:
                 raw = [it["auc"][curve][order] for it in self.items if order in it["auc"][curve]]
                 norm = [it["auc_normalised"][curve][order] for it in self.items
                         if order in it["auc_normalised"][curve]]
+                signed = [signed_area(it, curve, order) for it in self.items if order in it[curve]]
                 per[order] = {"auc": float(np.nanmean(raw)) if raw else None,
-                              "auc_normalised": float(np.nanmean(norm)) if norm and np.isfinite(norm).any() else None}
+                              "auc_normalised": float(np.nanmean(norm)) if norm and np.isfinite(norm).any() else None,
+                              "auc_normalised_median": (float(np.nanmedian(norm)) if norm and np.isfinite(norm).any()
+                                                        else None),
+                              "auc_signed": float(np.nanmean(signed)) if signed else None}
             out[curve] = per
         better: dict[str, list[bool]] = {"deletion": [], "insertion": []}
         for it in self.items:

@@ -242,34 +242,44 @@ def plot_stories(data: dict[str, Any], out: str | Path, *, caption: str | None =
     return save_figure(fig, Path(out), "explain_examples", caption, formats)
 
 
+def _signed_curve(items: Sequence[dict[str, Any]], curve: str, order: str) -> np.ndarray | None:
+    """Mean over prompts of direction * (value - empty) on the common grid, in the target's units."""
+    ys = [np.interp(GRID, it["fractions"], it["direction"] * (np.asarray(it[curve][order]) - it["empty"]))
+          for it in items if order in it[curve] and len(it["fractions"]) > 1]
+    return np.mean(ys, axis=0) if ys else None
+
+
 def plot_zoo_faithfulness(runs: dict[str, dict[str, list[dict[str, Any]]]], out: str | Path, *,
                           caption: str | None = None, formats: Sequence[str] = ("png",)) -> list[Path]:
-    """One row per model, deletion and insertion columns: the mean normalised curve of each method's
-    attribution order (integrated gradients, gradient x input) against random and bag-of-words orders.
+    """One row per model, deletion and insertion columns: the mean signed curve (probe logit minus its value
+    with every user token removed, signed so the full prompt is above 0) of each method's attribution order
+    (integrated gradients, gradient x input) against random and bag-of-words orders.
 
-    ``runs``: model -> method -> the faithfulness items of every explained prompt.
+    ``runs``: model -> method -> the faithfulness items of every explained prompt (the first method's random
+    and bag-of-words curves are drawn; the methods explain the same prompts).
     """
     models = list(runs)
     if not models:
         return []
     fig, axes = plt.subplots(len(models), 2, figsize=(9, 2.9 * len(models)), squeeze=False)
-    styles = {"ig": ("#c0392b", "-"), "gxi": ("#8e44ad", "-")}
+    styles = {"ig": "#c0392b", "gxi": "#8e44ad"}
     for row, model in zip(axes, models, strict=True):
         for ax, curve in zip(row, ("deletion", "insertion"), strict=True):
             baseline_items = next(iter(runs[model].values()), [])
             for order in ("random", "bow"):
-                y = _mean_curve(baseline_items, curve, order)
+                y = _signed_curve(baseline_items, curve, order)
                 if y is not None:
                     ax.plot(GRID, y, color=ORDER_COLORS[order], linestyle="--", label=order)
             for method, items in runs[model].items():
-                y = _mean_curve(items, curve, "attribution")
+                y = _signed_curve(items, curve, "attribution")
                 if y is not None:
-                    color, style = styles.get(method, ("#333", "-"))
-                    ax.plot(GRID, y, color=color, linestyle=style, label=f"{method} ({len(items)} prompts)")
-            ax.set_title(f"{esc(model)}: {curve}", fontsize=9)
+                    ax.plot(GRID, y, color=styles.get(method, "#333"), label=f"{method} ({len(items)} prompts)")
+            ax.axhline(0, color="#999", linewidth=0.5)
+            ax.set_title(f"{esc(model)}: {curve} ({'lower' if curve == 'deletion' else 'higher'} is better)",
+                         fontsize=9)
             ax.set_xlabel(f"share of user tokens {'removed' if curve == 'deletion' else 'restored'}", fontsize=8)
             ax.grid(alpha=0.3)
-        row[0].set_ylabel("probe logit, normalised", fontsize=8)
+        row[0].set_ylabel("signed probe logit - empty", fontsize=8)
         row[0].legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, Path(out), "explain_zoo_faithfulness", caption, formats)
