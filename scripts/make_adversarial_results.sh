@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Adversarial-training rounds (ihs attack rounds) and their summary, sized for a 2-core CPU host.
+# Adversarial-training rounds (ihs attack rounds), the defenses on the same held-out prompts, and the summary,
+# sized for a 2-core CPU host.
 #
 #   scripts/make_adversarial_results.sh [MODEL] [NAME]
 #
 # MODEL defaults to smollm2-135m-instruct, NAME (the results file's suffix) to smollm2.
-# The targeted arm runs round by round; the random-examples control arm follows each targeted round
-# as soon as that round's training data exists (it adds as many untargeted attacks). Every call of
-# `ihs attack rounds` resumes what the folder already holds, so the script can be re-run after an
-# interruption. HEAVY names a wrapper that queues CPU-heavy commands (default: none); ROUNDS (3),
-# OUT (runs/adversarial/NAME) and THREADS (1) can be set in the environment.
+# One job per round: the targeted arm's round K (round 0, the base model's scan and evaluation, comes
+# first), then the random-examples control arm's round K (as many untargeted attacks as the targeted
+# arm added). Every call of `ihs attack rounds` resumes what the folder already holds, so the script
+# can be re-run after an interruption. HEAVY names a wrapper that queues CPU-heavy commands (default:
+# none); ROUNDS (3), OUT (runs/adversarial/NAME) and THREADS (1) can be set in the environment.
 # DEFENSE_LAYERS / DEFENSE_ALPHA: the steering setting `ihs defend sweep` chose on its own tune split
 # (docs/RESULTS.md, "Defense": SmolLM2 18:21 at 0.05, Qwen 13:16 at 0.2); the base model is measured
 # with it and with refuse-when-flagged on the rounds' held-out prompts (round-0/defense.json).
@@ -21,29 +22,20 @@ ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-runs/adversarial/$NAME}
 HEAVY=${HEAVY:-}
 IHS=${IHS:-.venv/bin/ihs}
-SIZES=(--prompts 32 --max-train-attacks 12 --anchors 8 --steps 10 --batch-size 4 --learning-rate 3e-4
-       --lora-r 8 --max-length 256 --eval-attacks 32 --eval-benign 16 --probe-per-class 24 --perplexity 12
-       --max-new-tokens 32 --seed 0 --threads "${THREADS:-1}" --no-progress)
-
-random_arm() {
-  for k in $(seq 1 "$ROUNDS"); do
-    while [ ! -f "$OUT/targeted/round-$k/data.jsonl" ]; do sleep 20; done
-    $HEAVY "$IHS" attack rounds --model "$MODEL" --out "$OUT" --arm random --rounds "$k" "${SIZES[@]}"
-  done
-}
+SIZES="--prompts 32 --max-train-attacks 12 --anchors 8 --steps 10 --batch-size 4 --learning-rate 3e-4 --lora-r 8
+       --max-length 256 --eval-attacks 32 --eval-benign 16 --probe-per-class 24 --perplexity 12 --max-new-tokens 32
+       --seed 0 --threads ${THREADS:-1} --no-progress"
+ROUND="$IHS attack rounds --model $MODEL --out $OUT $SIZES"
 
 mkdir -p "$OUT"
-random_arm > "$OUT/random.log" 2>&1 &
-RANDOM_PID=$!
 for k in $(seq 1 "$ROUNDS"); do
-  $HEAVY "$IHS" attack rounds --model "$MODEL" --out "$OUT" --arm targeted --rounds "$k" "${SIZES[@]}"
+  $HEAVY bash -c "$ROUND --arm targeted --rounds $k && $ROUND --arm random --rounds $k"
 done
-wait "$RANDOM_PID"
 if [ ! -f "$OUT/round-0/defense.json" ]; then
   $HEAVY "$IHS" attack defend "$OUT" --layers "${DEFENSE_LAYERS:-18:21}" --alpha "${DEFENSE_ALPHA:-0.05}" --no-progress
 fi
 # every round is done: this only reads the folder back and writes the summary
-"$IHS" attack rounds --model "$MODEL" --out "$OUT" --arm targeted --rounds "$ROUNDS" "${SIZES[@]}"
+$ROUND --arm targeted --rounds "$ROUNDS"
 mkdir -p benchmarks/results
 cp "$OUT/attack.json" "benchmarks/results/adversarial_$NAME.json"
 cp "$OUT/attack.md" "benchmarks/results/adversarial_$NAME.md"
