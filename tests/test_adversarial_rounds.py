@@ -149,3 +149,26 @@ def test_defenses_on_the_same_held_out_prompts(interrupted_run):
     assert summary(out)["base"]["defense"]["alpha"] == 0.5
     with pytest.raises(IhsError, match="has not finished"):
         run_defenses(out, layers="2", alpha=0.5, round_=7, progress=False)
+
+
+def test_the_run_step_summarises_a_rounds_folder(interrupted_run, tmp_path):
+    from ihs.workflows import steps
+    from ihs.workflows.attack import AttackStepOptions
+    from ihs.workflows.base import Skip
+
+    out, _ = interrupted_run
+    step = next(s for s in steps() if s.name == "attack")
+    assert step.default is False
+
+    class Ctx:
+        def __init__(self, run_dir):
+            self.run_dir = run_dir
+
+        def options(self, name):
+            return AttackStepOptions(run_dir=self.run_dir)
+
+    assert step.key(Ctx(str(out)))["rounds"]  # the finished rounds are part of the cache key
+    step.run(Ctx(str(out)), tmp_path / "step")
+    assert AttackResult.load(tmp_path / "step").numbers() == summarise(out).numbers()
+    with pytest.raises(Skip, match="run_dir is not set"):
+        step.run(Ctx(None), tmp_path / "none")
