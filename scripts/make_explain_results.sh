@@ -2,7 +2,7 @@
 # The numbers and figures of docs/EXPLAIN.md: ihs explain on the three zoo models, in small resumable pieces.
 #
 # Usage: bash scripts/make_explain_results.sh [smollm2|qwen|gemma|tiny[:ig|:cos|:gxi ...]|examples|speed|summary ...]
-#        (default: smollm2 gemma qwen examples speed summary; MODEL:KIND runs only those pieces, e.g. qwen:ig:cos)
+#        (default: the order below; MODEL:KIND runs only those pieces, e.g. qwen:ig:cos)
 # Every piece is one `ihs explain` (or script) run with its own folder under $OUT (default runs/explain-zoo);
 # a piece whose result exists is skipped, so an interrupted run resumes where it stopped. RUNNER (default
 # "nice -n 10") prefixes every model job: on a shared host give it a job queue (e.g. a slot wrapper), so each
@@ -12,7 +12,7 @@
 # fitted on a seeded sample of 32 normal + 32 malicious prompts that are never explained; --sample draws the
 # training prompts first, so every piece of a model fits the same probe):
 #   ig-CLASS   integrated gradients (32 Gauss-Legendre steps) of the probe logit for N seeded random prompts of
-#              CLASS (malicious, contrast, jailbreak, wrapped; at most 160 tokens after formatting), with
+#              CLASS (malicious, contrast, jailbreak; wrapped too on SmolLM2; at most 160 tokens), with
 #              deletion/insertion curves against 3 random orders and the bag-of-words order (8-point curves)
 #   gxi-CLASS  the same prompts with gradient x input (one random order: the ig pieces hold three for them)
 #   cosines    per-layer cosines (every layer) between the malicious-vs-normal, refusal and concept directions,
@@ -31,7 +31,6 @@ PY=".venv/bin/python"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 DATA=(--data normal=builtin:normal --data malicious=builtin:malicious --data contrast=builtin:contrast
       --data jailbreak=builtin:jailbreak --data wrapped=builtin:wrapped)
-CLASSES=(malicious contrast jailbreak wrapped)
 
 model_of() { case $1 in smollm2) echo smollm2-135m-instruct;; qwen) echo qwen2.5-coder-0.5b-instruct;;
                         gemma) echo gemma-3-270m;; tiny) echo "${TINY_MODEL:?set TINY_MODEL to a tiny model folder}";;
@@ -40,6 +39,10 @@ model_of() { case $1 in smollm2) echo smollm2-135m-instruct;; qwen) echo qwen2.5
 n_of() { case $1 in smollm2) echo "${N_SMOLLM2:-10}";; gemma) echo "${N_GEMMA:-8}";; qwen) echo "${N_QWEN:-5}";;
                     tiny) echo 2;; esac; }
 steps_of() { case $1 in tiny) echo 4;; *) echo 32;; esac; }
+# explained classes: contrast, malicious and jailbreak (harmful requests in jailbreak templates) everywhere; the
+# benign requests in jailbreak-style wrappers (wrapped) on SmolLM2 only (time on the shared host)
+classes_of() { case $1 in smollm2|tiny) echo "malicious contrast jailbreak wrapped";; *) echo "malicious contrast jailbreak";;
+                          esac; }
 
 piece() {  # piece DIR CMD...: skip when DIR/explain.json (or DIR/done) exists; log beside DIR with the load
   local dir=$1; shift
@@ -57,16 +60,17 @@ run_model() {  # run_model SHORT [ig|gxi|cos ...]: the model's pieces of those k
   local short=$1 M N S; shift
   local kinds=("$@"); [ ${#kinds[@]} -eq 0 ] && kinds=(ig cos gxi)
   M=$(model_of "$short"); N=$(n_of "$short"); S=$(steps_of "$short")
+  local classes; read -r -a classes <<< "$(classes_of "$short")"
   local common=(--model "$M" "${DATA[@]}" --target probe --sample --limit "$N" --train-limit 32 --max-tokens 160
                 --faith-steps 8 --no-cosines --no-progress)
   for kind in "${kinds[@]}"; do
     case $kind in
-      ig) for c in "${CLASSES[@]}"; do
+      ig) for c in "${classes[@]}"; do
             piece "$OUT/$short/ig-$c" "$IHS" explain "${common[@]}" --classes "$c" --method ig --steps "$S" \
                 --random-orders 3 --out "$OUT/$short/ig-$c"
           done;;
       # gradient x input on the same prompts and probe; one random order (the ig pieces hold three for them)
-      gxi) for c in "${CLASSES[@]}"; do
+      gxi) for c in "${classes[@]}"; do
              piece "$OUT/$short/gxi-$c" "$IHS" explain "${common[@]}" --classes "$c" --method gxi \
                  --random-orders 1 --out "$OUT/$short/gxi-$c"
            done;;
@@ -79,7 +83,9 @@ run_model() {  # run_model SHORT [ig|gxi|cos ...]: the model's pieces of those k
 }
 
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(smollm2 gemma qwen examples speed summary)
+# default order: what docs/EXPLAIN.md needs first (a shared host may not give time for all)
+[ ${#targets[@]} -eq 0 ] && targets=(smollm2:ig smollm2:cos examples gemma:ig gemma:cos qwen:ig qwen:cos speed step
+                                     smollm2:gxi gemma:gxi qwen:gxi summary)
 for t in "${targets[@]}"; do
   case $t in
     smollm2|qwen|gemma|tiny) run_model "$t";;
