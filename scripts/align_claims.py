@@ -271,7 +271,7 @@ def main() -> None:
                            "group": "step 0 (base)" if shared else name, "label": str(r["step"]),
                            "tkic": r["tkic_top1_malicious"], "harmless": 1 - r["asr_malicious"]})
     zoo = zoo_points(Path(args.results))
-    zoo_pts = [{"name": f"zoo: {z['model']}", "group": "zoo (RESULTS.md)", "label": z["model"].split("-")[0],
+    zoo_pts = [{"name": f"zoo: {z['model']}", "group": "zoo (RESULTS.md)", "label": z["model"].replace("-Instruct", ""),
                 "tkic": z["tkic_top1_malicious"], "harmless": z["refusal_malicious"]} for z in zoo]
     both = points + zoo_pts
     claim4 = {"checkpoints": spearman_bootstrap([p["tkic"] for p in points], [p["harmless"] for p in points]),
@@ -294,11 +294,12 @@ def main() -> None:
     if args.figures:
         from ihs.plots.align import claim2_figure, claim4_figure, compare_figure
 
-        compare_figure({n: r["rows"] for n, r in runs.items()}, args.figures, command)
+        caption = "scripts/align_claims.py (bash scripts/make_alignment_results.sh, stage claims)"
+        compare_figure({n: r["rows"] for n, r in runs.items()}, args.figures, caption)
         claim2_figure({n: [{"step": r["step"], "layers": r["claim2"]["layers"],
                             "neg_malicious": r["claim2"]["malicious"]} for r in run["rows"]]
-                       for n, run in runs.items()}, args.figures, command)
-        claim4_figure(both, claim4["with_zoo"], args.figures, command)
+                       for n, run in runs.items()}, args.figures, caption)
+        claim4_figure(both, claim4["with_zoo"], args.figures, caption)
 
 
 if __name__ == "__main__":

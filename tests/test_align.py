@@ -98,6 +98,19 @@ def test_training_and_evaluation_goals_are_disjoint(built):
     assert split_records(records[::-1])[1] == split_records(records)[1][::-1]
 
 
+def test_training_on_evaluation_goals_is_refused(base, tmp_path):
+    """train() refuses a held-out prompt, a held-out goal's jailbreak wrapping, and an example naming a held-out goal."""
+    held = evaluation_split()
+    cases = [SFTExample(held["malicious"][0].text, "I can't help with that.", "malicious"),
+             SFTExample(held["jailbreak"][0].text, "I can't help with that.", "jailbreak"),
+             SFTExample("A new prompt never seen.", "Fine.", "malicious", goal=goal_key(held["malicious"][1]))]
+    for i, example in enumerate(cases):
+        with pytest.raises(DataError) as err:
+            train(str(base), [example], tmp_path / f"r{i}", options=TrainOptions(max_steps=1, progress=False))
+        assert "evaluation prompts or goals" in str(err.value) and "\n" not in str(err.value)
+        assert not (tmp_path / f"r{i}").exists()  # refused before anything is written
+
+
 def test_jailbreak_wrappings_are_trained_with_their_goal():
     data = build_data(options=DataOptions(jailbreak_per_goal=2))
     wrapped = [e for e in data.sft if e.label == "jailbreak"]
