@@ -138,3 +138,35 @@ def test_fuzzed_requests_never_get_a_server_error(guard):
                 assert response.headers.get("x-content-type-options") == ["nosniff"]
 
             check()
+
+
+def test_slow_senders_are_cut_off_and_good_clients_still_answered(guard):
+    """Slowloris (headers never finished) is closed after header_timeout_s; a body trickled one byte at a time
+    gets 408 after body_timeout_s; a good request meanwhile is answered at once (real uvicorn on loopback)."""
+    import socket
+    import time
+
+    import httpx
+
+    from ihs.guard.serve import BackgroundServer
+
+    limits = ServeLimits(header_timeout_s=1.0, body_timeout_s=1.0)
+    with BackgroundServer(create_app(guard, limits)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        loris = socket.create_connection(("127.0.0.1", port))
+        loris.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\n")
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{")
+        t0 = time.monotonic()
+        assert httpx.post(url + "/v1/score", json={"prompts": ["hello"]}, timeout=30).status_code == 200
+        loris.settimeout(10)
+        slow.settimeout(10)
+        loris.sendall(b"X-Slow: 1\r\n")
+        assert loris.recv(100) == b""  # closed without an answer
+        answer = b""
+        while chunk := slow.recv(4096):  # the answer, then the server closes the connection
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b"not received within 1 s" in answer, answer
+        assert time.monotonic() - t0 < 8
+        loris.close()
+        slow.close()

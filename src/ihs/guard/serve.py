@@ -9,7 +9,9 @@ first (up to ``max_batch_prompts`` prompts) into one early-exit forward pass.
 Bad input never reaches the model and never takes the service down: a body over
 ``max_body_bytes``, more than ``max_prompts`` prompts, or a prompt over ``max_prompt_chars``
 characters or ``max_prompt_tokens`` tokens get 413; malformed JSON, non-UTF-8 bytes, a wrong
-shape or an empty list get 422; each with a one-line ``detail``.
+shape or an empty list get 422; each with a one-line ``detail``. Slow senders hold a connection, never
+the worker: a connection without a request's headers after ``header_timeout_s`` is closed, and a body
+not received within ``body_timeout_s`` gets 408.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class ServeLimits:
     max_request_tokens: int = 16384  # tokens of one request after formatting, all prompts together (413 above)
     request_timeout_s: float = 60.0  # a request waiting longer for its scores gets 503
     max_json_depth: int = MAX_JSON_DEPTH  # deeper request bodies get 422 before decoding
+    header_timeout_s: float = 10.0  # a connection that has not sent a request's headers by then is closed
+    body_timeout_s: float = 10.0  # a request body not received in full by then gets 408
     api_key: str | None = field(default=None, repr=False)  # when set, every request needs it (401 without)
 
 
@@ -221,6 +225,51 @@ def _parse(body: bytes, limits: ServeLimits) -> list[str]:
     return req.prompts
 
 
+async def _read_body(request: Request, limit: int) -> bytearray | None:
+    """The request body, or None once it is over ``limit`` bytes."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
+
+
+def http_protocol(header_timeout_s: float) -> type:
+    """uvicorn's h11 protocol with a header deadline: a connection that has not sent the headers of a
+    request within ``header_timeout_s`` of opening (or of its previous answer) is closed, so slowloris
+    clients that trickle header lines cannot hold connections open for ever."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(header_timeout_s, self._expire)
+
+        def _expire(self) -> None:
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # no complete request headers yet: a slow or idle sender
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+    return TimedH11Protocol
+
+
 def create_app(guard: Guard, limits: ServeLimits | None = None) -> Any:
     """A FastAPI app serving ``guard`` (any kind; its model must be attached, which checks that it is the card's)."""
     import ihs
@@ -262,7 +311,7 @@ def create_app(guard: Guard, limits: ServeLimits | None = None) -> Any:
         "type": "object", "properties": {"detail": {"type": "string"}}}}}}
 
     @app.post("/v1/score", response_model=ScoreResponse, openapi_extra=body_schema,
-              responses={413: err, 422: err, 503: err})
+              responses={408: err, 413: err, 422: err, 503: err})
     async def score(request: Request) -> Any:
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -271,11 +320,13 @@ def create_app(guard: Guard, limits: ServeLimits | None = None) -> Any:
                     return error(413, f"request body of {int(declared)} bytes, over the limit of {limits.max_body_bytes}")
             except ValueError:
                 return error(422, "bad Content-Length header")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limits.max_body_bytes:
-                return error(413, f"request body over the limit of {limits.max_body_bytes} bytes")
+        try:
+            body = await asyncio.wait_for(_read_body(request, limits.max_body_bytes), limits.body_timeout_s)
+        except TimeoutError:  # a slow sender holds a connection, not the worker; it is cut off here
+            return JSONResponse({"detail": f"request body not received within {limits.body_timeout_s:g} s"},
+                                status_code=408, headers={"connection": "close"})
+        if body is None:
+            return error(413, f"request body over the limit of {limits.max_body_bytes} bytes")
         problem = body_problem(bytes(body), limits.max_json_depth)
         if problem:
             return error(422, problem)
@@ -300,8 +351,9 @@ class BackgroundServer:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                                    lifespan="on", access_log=False))
+        limits = getattr(getattr(app, "state", None), "limits", None) or ServeLimits()
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+                                                    access_log=False, http=http_protocol(limits.header_timeout_s)))
         self.thread = threading.Thread(target=self.server.run, name="ihs-guard-server", daemon=True)
         self.host = host
         self.port = port
@@ -327,4 +379,6 @@ def run_server(guard: Guard, host: str = "127.0.0.1", port: int = 8000, limits: 
     """Serve ``guard`` with uvicorn until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(guard, limits), host=host, port=port, log_level=log_level, access_log=False)
+    limits = limits or ServeLimits()
+    uvicorn.run(create_app(guard, limits), host=host, port=port, log_level=log_level, access_log=False,
+                http=http_protocol(limits.header_timeout_s))
