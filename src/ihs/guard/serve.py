@@ -311,7 +311,7 @@ def create_app(guard: Guard, limits: ServeLimits | None = None) -> Any:
         "type": "object", "properties": {"detail": {"type": "string"}}}}}}
 
     @app.post("/v1/score", response_model=ScoreResponse, openapi_extra=body_schema,
-              responses={408: err, 413: err, 422: err, 503: err})
+              responses={401: err, 408: err, 413: err, 415: err, 422: err, 503: err})
     async def score(request: Request) -> Any:
         declared = request.headers.get("content-length")
         if declared is not None:
