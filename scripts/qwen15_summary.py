@@ -101,7 +101,13 @@ def main() -> int:
     out: dict = {"model": MODEL, "script": "scripts/make_qwen15_results.sh", "missing": []}
     probe = _load(RUNS / "probe-qwen15" / "probe.json")
     if probe:
-        out["probes"] = {"command": probe.get("command"), "stores": probe_rows(probe)}
+        out["probes"] = {"command": probe.get("command"), "stores": probe_rows(probe), "transfer": []}
+        for t in probe.get("cross_transfer") or []:
+            acc, L = t["classifiers"]["svm"]["accuracy"], len(t["classifiers"]["svm"]["accuracy"]) - 1
+            out["probes"]["transfer"].append({
+                "train": t["train"], "test": t["test"], "n_test": t["n_test"],
+                "svm": {"layer1": _r(acc[1], 2), "quarter": _r(acc[L // 4], 2), "half": _r(acc[L // 2], 2),
+                        "last": _r(acc[L], 2), "first_layer_95": t["classifiers"]["svm"]["first_layer_95"]}})
     else:
         out["missing"].append("probes")
     lens = _load(RUNS / "lens-qwen15" / "lens.json")
