@@ -29,7 +29,7 @@ from ihs.errors import StoreError
 from ihs.extraction import ExtractOptions, extract
 from ihs.store import ActivationStore, store_problem
 
-TRIAL_BUDGET_S = float(os.environ.get("IHS_KILL_BUDGET_S", "20"))  # per command
+TRIAL_BUDGET_S = float(os.environ.get("IHS_KILL_BUDGET_S", "10"))  # per command
 TRIALS = int(os.environ.get("IHS_KILL_TRIALS", "0"))  # exactly this many per command when set
 MIN_TRIALS = 2
 SEED = 20261130
