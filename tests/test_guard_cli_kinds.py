@@ -65,6 +65,8 @@ def test_eval_data_needs_both_classes(setup, tmp_path):
         r = runner.invoke(app, ["guard", "eval", str(tmp / "g"), "--model", str(folder),
                                 *[a for d in argv for a in ("--data", d)]])
         assert r.exit_code == 2 and missing in r.output, r.output
+        errors = [ln for ln in r.output.splitlines() if "error:" in ln]
+        assert len(errors) == 1 and missing in errors[0] and "Traceback" not in r.output, r.output
     extra = write_rows(tmp_path / "more.jsonl", [{"prompt": f"Tell me a joke about cats {i}"} for i in range(6)])
     r = runner.invoke(app, ["guard", "eval", str(tmp / "g"), "--model", str(folder), "--data",
                             f"normal={extra}:prompt", "--data", f"malicious={files['malicious']}:prompt",
