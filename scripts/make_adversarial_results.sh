@@ -22,12 +22,11 @@ ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-runs/adversarial/$NAME}
 HEAVY=${HEAVY:-}
 IHS=${IHS:-.venv/bin/ihs}
-SIZES="--prompts 32 --max-train-attacks 12 --anchors 8 --steps 10 --batch-size 4 --learning-rate 3e-4 --lora-r 8
-       --max-length 256 --eval-attacks 32 --eval-benign 16 --probe-per-class 24 --perplexity 12 --max-new-tokens 32
-       --seed 0 --threads ${THREADS:-1} --no-progress"
+SIZES="--prompts 32 --max-train-attacks 12 --anchors 8 --steps 10 --batch-size 4 --learning-rate 3e-4 --lora-r 8"
+SIZES+=" --max-length 256 --eval-attacks 32 --eval-benign 16 --probe-per-class 24 --perplexity 12 --max-new-tokens 32"
+SIZES+=" --seed 0 --threads ${THREADS:-1} --no-progress"
 ROUND="$IHS attack rounds --model $MODEL --out $OUT $SIZES"
 
-mkdir -p "$OUT"
 for k in $(seq 1 "$ROUNDS"); do
   $HEAVY bash -c "$ROUND --arm targeted --rounds $k && $ROUND --arm random --rounds $k"
 done
