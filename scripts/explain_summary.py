@@ -111,9 +111,16 @@ def model_summary(folder: Path) -> dict[str, Any]:
             r = np.asarray([it["relative_gap"] for it in items if it["label"] == c], dtype=float)
             if len(r):
                 by_class[c] = {"median": float(np.nanmedian(r)), "max": float(np.nanmax(r))}
+        verdicts = {c: {"above_zero": int(sum(it["target"] > 0 for it in items if it["label"] == c)),
+                        "n": int(sum(it["label"] == c for it in items)),
+                        "median_logit": float(np.median([it["target"] for it in items if it["label"] == c])),
+                        "median_baseline_logit": float(np.median([it["baseline_target"] for it in items
+                                                                  if it["label"] == c]))}
+                    for c in CLASSES if any(it["label"] == c for it in items)}
         out["methods"][method] = {
-            "prompts": len(items), "shares": class_shares(items),
-            "completeness": {"median_relative_gap": float(np.nanmedian(rel)), "p90_relative_gap":
+            "prompts": len(items), "shares": class_shares(items), "probe_verdicts": verdicts,
+            "completeness": {"median_abs_gap": float(np.median(np.abs([it["gap"] for it in items]))),
+                             "median_relative_gap": float(np.nanmedian(rel)), "p90_relative_gap":
                              float(np.nanquantile(rel, 0.9)), "max_relative_gap": float(np.nanmax(rel)),
                              "by_class": by_class},
             "faithfulness": faithfulness(faith_items) if faith_items else None,
@@ -185,6 +192,10 @@ def markdown(summary: dict[str, Any]) -> str:
                     f"{_f(a['uniform'])} | {_fc({'mean': a['lift'], 'ci': a['lift_ci']}, 2)} | "
                     f"{a['above']}/{a['prompts']} | {_fc({'mean': s['share'], 'ci': s['share_ci']})} "
                     f"({s['prompts']}) | {_f(s['uniform'])} | {_fc({'mean': s['lift'], 'ci': s['lift_ci']}, 2)} |")
+            v = r["probe_verdicts"]
+            lines += ["", "Probe logit > 0 (malicious): " + ", ".join(
+                f"{k} {e['above_zero']}/{e['n']} (median logit {e['median_logit']:.2f}, baseline "
+                f"{e['median_baseline_logit']:.2f})" for k, e in v.items())]
             c = r["completeness"]
             lines += ["", f"Completeness (relative gap): median {_f(c['median_relative_gap'])}, 90% "
                       f"{_f(c['p90_relative_gap'])}, max {_f(c['max_relative_gap'])}; by class "
