@@ -35,10 +35,11 @@ class RunLog:
 
 
 class _ForwardWarnings(logging.Handler):
-    """Pass warnings and errors on to the root logger's handlers (INFO goes to run.log only)."""
+    """Pass warnings and errors on to the root logger's handlers (INFO, and records logged with
+    ``extra={"console": False}``, go to run.log only)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or not getattr(record, "console", True):
             return
         for handler in logging.getLogger().handlers:
             if record.levelno >= handler.level:

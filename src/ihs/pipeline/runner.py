@@ -222,7 +222,8 @@ def _execute(ctx: StepContext, step: Step, folder: Path, key: str, inputs: dict[
     except Exception as exc:  # noqa: BLE001 - one failing analysis must not lose the others
         seconds = round(time.perf_counter() - started, 2)
         message = f"{type(exc).__name__}: {exc}"
-        log.error("%s failed after %.1f s: %s\n%s", label, seconds, message, traceback.format_exc())
+        log.error("%s failed after %.1f s: %s\n%s", label, seconds, message, traceback.format_exc(),
+                  extra={"console": False})  # the traceback goes to run.log; the console gets the line below
         console.print(f"[red]{label} failed:[/] {escape(message)} (details in run.log)")
         write_json(folder / "step.json", {**record, "status": "failed", "error": message, "seconds": seconds})
         return {"status": "failed", "key": key, "message": message, "seconds": seconds}
