@@ -27,8 +27,19 @@ SIZES+=" --max-length 256 --eval-attacks 32 --eval-benign 16 --probe-per-class 2
 SIZES+=" --seed 0 --threads ${THREADS:-1} --no-progress"
 ROUND="$IHS attack rounds --model $MODEL --out $OUT $SIZES"
 
-for k in $(seq 1 "$ROUNDS"); do
-  $HEAVY bash -c "$ROUND --arm targeted --rounds $k && $ROUND --arm random --rounds $k"
+# One queued job runs round after round (targeted then random arm) while it has run under JOB_MINUTES
+# (default 10), so a job stays near 20 minutes; the next job resumes at the first unfinished round.
+next_round() {
+  local k=1
+  while [ "$k" -le "$ROUNDS" ] && [ -f "$OUT/random/round-$k/round.json" ]; do k=$((k + 1)); done
+  echo "$k"
+}
+while [ "$(next_round)" -le "$ROUNDS" ]; do
+  k=$(next_round)
+  $HEAVY bash -c "start=\$(date +%s); for k in \$(seq $k $ROUNDS); do
+      $ROUND --arm targeted --rounds \$k && $ROUND --arm random --rounds \$k || exit 1
+      [ \$(( \$(date +%s) - start )) -lt $(( ${JOB_MINUTES:-10} * 60 )) ] || break
+    done"
 done
 if [ ! -f "$OUT/round-0/defense.json" ]; then
   $HEAVY "$IHS" attack defend "$OUT" --layers "${DEFENSE_LAYERS:-18:21}" --alpha "${DEFENSE_ALPHA:-0.05}" --no-progress
