@@ -67,7 +67,7 @@ def holdout_tables(res: dict, top: int | None = None) -> list[str]:
         r = res.get("keys", {}).get(key)
         if not r:
             continue
-        methods = [m for m in METHODS if m in r["methods"]]
+        methods = [m for m in METHODS if m in r["methods"]] + [m for m in r["methods"] if m not in METHODS]
         head = " | ".join(f"{SHOW.get(m, m)}: AUROC | TPR@1%FPR | TPR / FPR" for m in methods)
         out += ["", f"Leave-one-`{key}`-out ({len(r['groups'])} groups; threshold for {r['target_fpr']:.0%} FPR set "
                 f"on each training side; groups under {r.get('min_group', 2)} prompts not held out: "
@@ -366,6 +366,11 @@ def main(root: Path, top: int | None) -> None:
         res = (load(root / short / "holdout" / "eval.json") or {}).get("holdout")
         if res:
             print("\n".join(holdout_tables(res, top)))
+        nested = (load(root / short / "holdout-nested" / "eval.json") or {}).get("holdout")
+        if nested:
+            print("\nThe same with the kind chosen again inside every training side (`--nested`; the guard's kind "
+                  "chosen once beside it):")
+            print("\n".join(holdout_tables(nested, top)))
         rates, worst = kind_rates(root, short)
         print("\nRates per kind at each guard's own threshold, on prompts it never saw (TPR for malicious kinds, FPR "
               "for benign ones):\n")
