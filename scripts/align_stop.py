@@ -29,9 +29,14 @@ def main() -> None:
     parser.add_argument("--pid", type=int, required=True)
     parser.add_argument("--step", type=int, required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--deadline", default=None,
+                        help="HH:MM (local clock): stop then even if step --step is not exported yet (the run keeps "
+                             "its last exported checkpoint and trainer state and can be resumed)")
     args = parser.parse_args()
     target = Path(args.run_dir) / "checkpoints" / f"step-{args.step:06d}" / "ihs_align.json"
     while not target.is_file():
+        if args.deadline and datetime.now().strftime("%H:%M") >= args.deadline:
+            break
         time.sleep(5)
     status = Path(f"/proc/{args.pid}/status").read_text()
     peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
@@ -41,11 +46,13 @@ def main() -> None:
     times = {s: datetime.fromisoformat(t) for s, t in stamps.items()}
     first, last = min(times), max(times)
     wall = (times[last] - times[first]).total_seconds()
-    log = [r for r in read_json_lines(Path(args.run_dir) / "log.jsonl") if r.get("loss") is not None]
+    log = [r for r in read_json_lines(Path(args.run_dir) / "log.jsonl")
+           if r.get("loss") is not None and int(r.get("step", 0)) <= last]
     write_json(args.out, {
         "command": f".venv/bin/python scripts/align_stop.py --run-dir {args.run_dir} --pid PID --step {args.step} "
-                   f"--out {args.out}",
-        "stopped_at_step": args.step, "checkpoints": stamps, "wall_seconds": wall,
+                   f"--out {args.out}" + (f" --deadline {args.deadline}" if args.deadline else ""),
+        "stopped_at_step": max(stamps) if stamps else None, "asked_step": args.step,
+        "deadline": args.deadline, "checkpoints": stamps, "wall_seconds": wall,
         "seconds_per_step": round(wall / max(last - first, 1), 1), "peak_rss_mib": round(peak_kb / 1024, 1),
         "loss_first": log[0]["loss"] if log else None, "loss_last": log[-1]["loss"] if log else None,
         "load_average": [round(x, 2) for x in os.getloadavg()],
