@@ -1,4 +1,5 @@
-"""Store integrity: shard checksums, quarantine on resume, manifest schema, the writer lock, row-cut shards."""
+"""Store integrity: shard checksums, quarantine on resume, manifest schema, the writer lock, shards cut by rows
+and by time."""
 
 from __future__ import annotations
 
@@ -35,6 +36,32 @@ def test_shards_cut_by_rows_and_checksums_recorded(store):
     assert all(entry["rows"] == 4 and len(entry["sha256"]) == 64 for entry in manifest["shards"].values())
     assert store_problem(store) is None and not (store / ".lock").exists()
     assert rows_per_shard(2, 32, ExtractOptions()) == 64
+
+
+def test_shards_also_close_on_time(tmp_path, tiny_llama, monkeypatch):
+    """A shard closes once ``shard_seconds`` of work went into it, with fewer rows than the row bound."""
+    import ihs.extraction as extraction
+
+    records = alternating_records(TEXTS)
+    untimed = extract(tiny_llama, records, tmp_path / "untimed",
+                      ExtractOptions(batch_size=2, max_batch_tokens=4096, shard_seconds=0), progress=False)
+    assert [e["rows"] for e in read_manifest(tmp_path / "untimed")["shards"].values()] == [12]  # 0 = no time bound
+    now = [0.0]
+
+    def clock() -> float:  # every reading 10 s later: each batch takes 10 s, 10 s pass between batches
+        now[0] += 10.0
+        return now[0]
+
+    monkeypatch.setattr(extraction, "_clock", clock)
+    timed = extract(tiny_llama, records, tmp_path / "timed",
+                    ExtractOptions(batch_size=2, max_batch_tokens=4096, shard_rows=64, shard_seconds=25.0), progress=False)
+    assert [e["rows"] for e in read_manifest(tmp_path / "timed")["shards"].values()] == [4, 4, 4]  # 30 s >= 25 s
+    np.testing.assert_array_equal(timed.hidden, untimed.hidden)
+    monkeypatch.undo()
+    tiny = extract(tiny_llama, records, tmp_path / "tiny",
+                   ExtractOptions(batch_size=2, max_batch_tokens=4096, shard_seconds=1e-9), progress=False)
+    assert [e["rows"] for e in read_manifest(tmp_path / "tiny")["shards"].values()] == [2] * 6
+    assert tiny.ids == untimed.ids and store_problem(tmp_path / "tiny") is None
 
 
 def test_damaged_shard_is_named_on_load_and_recomputed_on_resume(store, tiny_llama, capsys):

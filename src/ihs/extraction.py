@@ -38,6 +38,7 @@ from ihs.store import FORMAT_VERSION, ActivationStore, StoreWriter, read_manifes
 from ihs.store_integrity import LOCK
 
 log = logging.getLogger(__name__)
+_clock = time.monotonic  # the shards' time bound reads this clock (tests replace it)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class ExtractOptions:
     store_dtype: str = "float32"
     shard_mb: float = 32.0
     shard_rows: int = 64  # a shard also ends after this many rows, so a kill loses little work
+    shard_seconds: float = 30.0  # ... or once this much work (s) has gone into it since it opened; 0 = no time bound
     shared_prefix: bool = True  # run the tokens every prompt opens with once (see ihs.prefix_cache)
 
 
@@ -372,6 +374,8 @@ def _run(lm, plan: ExtractPlan, todo, options, progress, sink, rows_per_shard) -
     prefix = build_shared_prefix(lm, shared_prefix_ids(plan, options) or []) if todo else None
     n_tokens = n_padded = 0
     pending: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    shard_seconds = options.shard_seconds if rows_per_shard < 10**9 else 0.0  # in memory: no shards to cut
+    opened = 0.0
 
     def flush() -> None:
         if not pending:
@@ -385,15 +389,19 @@ def _run(lm, plan: ExtractPlan, todo, options, progress, sink, rows_per_shard) -
 
     with progress_bar("extract", total=len(todo), enabled=progress) as advance, torch.inference_mode():
         for batch in batches:
+            began = _clock()
             states = forward_last_states(lm, [formatted[r].ids for r in batch], prefix)
             ids, logits = lens_topk(lm, states, options.k)
             if pending and sum(len(p[0]) for p in pending) + len(batch) > rows_per_shard:
                 flush()  # shards end on batch boundaries: a resumed run batches the rest as an uninterrupted one
+            if not pending:
+                opened = began  # the shard's work starts with its first batch's forward pass
             pending.append((batch, states, ids, logits))
             n_tokens += sum(lengths[r] for r in batch)
             n_padded += len(batch) * (max(lengths[r] for r in batch) - (prefix.length if prefix is not None else 0))
-            if sum(len(p[0]) for p in pending) >= rows_per_shard:
-                flush()
+            if sum(len(p[0]) for p in pending) >= rows_per_shard or (
+                    shard_seconds > 0 and _clock() - opened >= shard_seconds):
+                flush()  # whichever bound comes first: rows (and bytes, in rows_per_shard) or seconds of work
             advance(len(batch))
         flush()
     elapsed = time.perf_counter() - started

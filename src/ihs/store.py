@@ -14,8 +14,10 @@ Layout of a store directory (format version 2)::
 
 Each shard is written to a temporary name, its checksum file is written, and the
 shard is renamed into place, so a killed process leaves either a whole, checksummed
-shard or none. Shards are cut by rows (``ExtractOptions.shard_rows``, 64) as well as
-bytes, so a kill loses at most one shard of work. A re-run verifies every shard
+shard or none. A shard closes at whichever bound comes first: rows
+(``ExtractOptions.shard_rows``, 64), bytes (``shard_mb``, 32) or seconds of work since it
+opened (``shard_seconds``, 30), so a kill loses at most one shard, about 30 s, of work
+(more only when one batch alone takes longer). A re-run verifies every shard
 against its checksum, moves a damaged or unverifiable one to ``quarantine/`` (naming
 it), and computes only the missing rows. Loading a complete store verifies every
 shard against the manifest's table; any difference is a one-line :class:`StoreError`.
