@@ -1,4 +1,5 @@
-"""The guard service's HTTP hardening: JSON only, bounded bodies, token budget, timeout, API key, headers, no CDN."""
+"""The guard service's HTTP hardening: JSON only, bounded bodies, token budgets per request and per client,
+timeout, API key, headers, no CDN."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from conftest import make_tiny
 from ihs.errors import IhsError
 from ihs.guard import Guard
 from ihs.guard.http_security import body_problem, read_api_key
-from ihs.guard.serve import ServeLimits, create_app
+from ihs.guard.serve import ClientBudget, ServeLimits, client_id, create_app
 
 KEY = "k" * 24
 
@@ -107,6 +108,91 @@ def test_timeout_answers_503(guard):
     with TestClient(app) as c:
         r = c.post("/v1/score", json={"prompts": ["hi"]})
     assert r.status_code == 503 and "took over" in r.json()["detail"]
+
+
+# -- per-client token budget ------------------------------------------------------------------------------------
+
+PROMPT = "please score this prompt"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_client_budget_buckets_refill_and_memory_is_bounded():
+    clock = FakeClock()
+    budget = ClientBudget(10, 100, max_clients=3, clock=clock)
+    assert budget.take("a", 60) is None and budget.take("a", 40) is None
+    assert budget.take("a", 5) == pytest.approx(0.5)  # empty: 5 tokens at 10/s
+    assert budget.take("b", 100) is None  # another client has its own bucket
+    assert budget.take("a", 101) == float("inf")  # over the burst: never
+    clock.now += 2
+    assert budget.take("a", 20, charge=False) is None and budget.take("a", 21) == pytest.approx(0.1)
+    assert budget.take("a", 20) is None and budget.take("a", 1) is not None
+    for name in "cdef":
+        budget.take(name, 1)
+    assert len(budget) == 3  # at most max_clients buckets: the least recently seen are dropped
+    clock.now += 10  # idle for burst / rate: every bucket is full again, so none is kept
+    assert budget.take("g", 1) is None and len(budget) == 1
+    off = ClientBudget(0, 100, clock=clock)
+    assert not off.enabled and all(off.take("a", 10**6) is None for _ in range(100)) and len(off) == 0
+    assert ClientBudget(10, 0).take("a", 10**6) is None
+
+
+def test_client_identity_is_the_key_when_keys_are_configured():
+    from starlette.requests import Request
+
+    def request(address: str, headers: list) -> Request:
+        return Request({"type": "http", "headers": headers, "client": (address, 1234)})
+
+    assert client_id(request("10.0.0.1", []), None) != client_id(request("10.0.0.2", []), None)
+    bearer = [(b"authorization", b"Bearer " + KEY.encode())]
+    assert client_id(request("10.0.0.1", bearer), KEY) == client_id(request("10.0.0.2", [(b"x-api-key", KEY.encode())]), KEY)
+    assert KEY not in client_id(request("10.0.0.1", bearer), KEY)
+
+
+def test_client_over_budget_gets_429_while_another_is_served(guard):
+    n = sum(len(f.ids) for f in guard.format([PROMPT]))
+    app = create_app(guard, ServeLimits(client_tokens_per_s=n, client_burst_tokens=3 * n))
+    clock = app.state.budget.clock = FakeClock()
+    with TestClient(app, client=("10.0.0.1", 1111)) as a:
+        b = TestClient(app, client=("10.0.0.2", 2222))  # shares a's app (and its running worker)
+        for _ in range(3):
+            assert a.post("/v1/score", json={"prompts": [PROMPT]}).status_code == 200
+        refused = a.post("/v1/score", json={"prompts": [PROMPT]})
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1", refused.text
+        assert "token budget" in refused.json()["detail"]
+        clock.now += 0.5  # half a request's worth: two prompts pass the empty-bucket check, then the worker refuses
+        again = a.post("/v1/score", json={"prompts": [PROMPT, PROMPT]})
+        assert again.status_code == 429 and again.headers["retry-after"] == "2"  # (2n - n/2) / n = 1.5 s
+        clock.now += 0.5  # the refusals cost nothing: now exactly one request's worth
+        served = b.post("/v1/score", json={"prompts": [PROMPT]})
+        assert served.status_code == 200 and served.json()["results"][0]["n_tokens"] == n
+        assert a.post("/v1/score", json={"prompts": [PROMPT]}).status_code == 200
+        assert a.post("/v1/score", json={"prompts": [PROMPT]}).status_code == 429
+        clock.now += 3.0
+        assert a.post("/v1/score", json={"prompts": [PROMPT] * 3}).status_code == 200  # the whole burst
+        clock.now += 3.0
+        too_big = a.post("/v1/score", json={"prompts": [PROMPT] * 4})
+        assert too_big.status_code == 413 and "burst" in too_big.json()["detail"]  # waiting would never help
+        health = a.get("/healthz").json()
+        assert health["stats"]["over_budget"] >= 2 and health["clients"] == 1  # b, idle for burst / rate s, is forgotten
+        assert health["limits"]["client_burst_tokens"] == 3 * n
+    responses = app.openapi()["paths"]["/v1/score"]["post"]["responses"]
+    assert "Retry-After" in responses["429"]["headers"]
+
+
+@pytest.mark.parametrize("limits", [{"client_tokens_per_s": 0}, {"client_burst_tokens": 0}])
+def test_disabled_budget_never_refuses(guard, limits):
+    n = sum(len(f.ids) for f in guard.format([PROMPT]))
+    app = create_app(guard, ServeLimits(**{"client_tokens_per_s": 1e-3, "client_burst_tokens": n, **limits}))
+    with TestClient(app) as c:
+        codes = {c.post("/v1/score", json={"prompts": [PROMPT] * 4}).status_code for _ in range(12)}
+    assert codes == {200} and len(app.state.budget) == 0
 
 
 # -- schemathesis against the real server on loopback (bounded in examples and time) --------------------------

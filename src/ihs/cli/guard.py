@@ -345,12 +345,20 @@ def serve_cmd(
     api_key_file: Annotated[Path | None, typer.Option(help="File holding the API key every request must send "
                                                       "(Authorization: Bearer KEY); default: env IHS_API_KEY.")]
     = None,
+    client_tokens_per_s: Annotated[float, typer.Option(
+        help="Per-client token budget: each client's bucket refills this many tokens (after formatting) per second; "
+        "a request it cannot pay gets 429 with Retry-After. A client is its API key when one is set, else its "
+        "address (behind a proxy or on loopback all clients share one). 0 = no per-client budget.")] = 500.0,
+    client_burst_tokens: Annotated[int, typer.Option(help="Most tokens a client's bucket holds (a burst); 0 = no "
+                                                     "per-client budget.")] = 16384,
 ) -> None:
     """Serve the guard over HTTP: POST /v1/score, GET /healthz, OpenAPI at /openapi.json."""
     from rich.markup import escape
 
     from ihs.guard.http_security import read_api_key
 
+    if client_tokens_per_s < 0 or client_burst_tokens < 0:
+        raise IhsError("--client-tokens-per-s and --client-burst-tokens must be 0 (off) or positive")
     api_key = read_api_key(api_key_file)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         console.print(f"[yellow]warning:[/] binding {escape(host)} without an API key (--api-key-file or "
@@ -364,4 +372,5 @@ def serve_cmd(
     serve_guard(guard_dir, host=host, port=port, model=model, device=device, on_ready=ready,
                 max_prompts=max_prompts, max_prompt_chars=max_prompt_chars, max_prompt_tokens=max_prompt_tokens,
                 max_body_bytes=max_body_bytes, batch_window_ms=batch_window_ms, max_batch_prompts=max_batch_prompts,
-                max_request_tokens=max_request_tokens, request_timeout_s=request_timeout_s, api_key=api_key)
+                max_request_tokens=max_request_tokens, request_timeout_s=request_timeout_s, api_key=api_key,
+                client_tokens_per_s=client_tokens_per_s, client_burst_tokens=client_burst_tokens)

@@ -12,17 +12,28 @@ characters or ``max_prompt_tokens`` tokens get 413; malformed JSON, non-UTF-8 by
 shape or an empty list get 422; each with a one-line ``detail``. Slow senders hold a connection, never
 the worker: a connection without a request's headers after ``header_timeout_s`` is closed, and a body
 not received within ``body_timeout_s`` gets 408.
+
+Each client has a token bucket (:class:`ClientBudget`): ``client_tokens_per_s`` tokens of formatted
+prompt text per second, up to ``client_burst_tokens`` saved up. The worker charges a request's tokens
+before scoring it; a request the bucket cannot pay gets 429 with ``Retry-After`` (the seconds until it
+could), and costs nothing. A client is its API key when one is configured (so with one key, every
+holder shares one bucket), else its address (behind a reverse proxy, or on loopback, every client has
+the same address and so shares one bucket).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import json
 import logging
+import math
 import queue
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -56,6 +67,9 @@ class ServeLimits:
     header_timeout_s: float = 10.0  # a connection that has not sent a request's headers by then is closed
     body_timeout_s: float = 10.0  # a request body not received in full by then gets 408
     api_key: str | None = field(default=None, repr=False)  # when set, every request needs it (401 without)
+    client_tokens_per_s: float = 500.0  # each client's bucket refills this fast (tokens after formatting); 0 = off
+    client_burst_tokens: int = 16384  # ... and holds at most this many (one request of max_request_tokens); 0 = off
+    max_clients: int = 10_000  # buckets kept; idle clients whose bucket refilled are forgotten first
 
 
 class ScoreRequest(BaseModel):
@@ -78,29 +92,87 @@ class ScoreResponse(BaseModel):
 
 
 class RequestError(Exception):
-    """A request the service refuses, with its HTTP status."""
+    """A request the service refuses, with its HTTP status (and, for 429, the seconds to wait)."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.retry_after = retry_after
+
+
+class ClientBudget:
+    """Token buckets per client: ``rate`` tokens per second, at most ``burst`` saved up; off when either is 0.
+
+    Memory is bounded: a client idle for ``burst / rate`` seconds has a full bucket again, which is
+    the same as no entry, so it is forgotten; beyond ``max_clients`` the least recently seen client is
+    forgotten too (it then starts again with a full bucket). Thread-safe; ``clock`` is replaceable for tests.
+    """
+
+    def __init__(self, rate: float, burst: int, *, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.max_clients, self.clock = float(rate), int(burst), max(1, int(max_clients)), clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, when), oldest first
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0 and self.burst > 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, client: str, n: float, *, charge: bool = True) -> float | None:
+        """Charge ``n`` tokens to ``client``: None when its bucket holds them (then they are spent unless
+        ``charge`` is False), else the seconds until it will (``inf`` when ``n`` is over the burst)."""
+        if not self.enabled:
+            return None
+        with self._lock:
+            now = self.clock()
+            full_after = self.burst / self.rate
+            while self._buckets:  # forget clients idle long enough to be full again (oldest first)
+                oldest, (_, when) = next(iter(self._buckets.items()))
+                if now - when < full_after:
+                    break
+                del self._buckets[oldest]
+            tokens, when = self._buckets.pop(client, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + max(0.0, now - when) * self.rate)
+            wait = None if n <= tokens else math.inf if n > self.burst else (n - tokens) / self.rate
+            if wait is None and charge:
+                tokens -= n
+            self._buckets[client] = (tokens, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+            return wait
+
+
+def client_id(request: Request, api_key: str | None) -> str:
+    """Who a request counts against: its API key (hashed) when keys are configured, else its address."""
+    if api_key is not None:
+        auth = request.headers.get("authorization", "")
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+        return "key:" + hashlib.sha256(given.encode()).hexdigest()[:16]
+    return "addr:" + (request.client.host if request.client else "unknown")
 
 
 @dataclass
 class _Job:
     prompts: list[str]
     future: concurrent.futures.Future
+    client: str = ""
 
 
 class MicroBatcher:
     """One thread that owns the model: gathers queued requests into batches and scores them."""
 
-    def __init__(self, guard: Guard, limits: ServeLimits) -> None:
+    def __init__(self, guard: Guard, limits: ServeLimits, budget: ClientBudget | None = None) -> None:
         self.guard = guard
         self.limits = limits
+        self.budget = budget if budget is not None else ClientBudget(0, 0)
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=limits.max_queue)
         self._thread: threading.Thread | None = None
-        self.stats = {"requests": 0, "prompts": 0, "batches": 0, "busy_seconds": 0.0, "largest_batch": 0}
+        self.stats = {"requests": 0, "prompts": 0, "batches": 0, "busy_seconds": 0.0, "largest_batch": 0,
+                      "over_budget": 0}
 
     def start(self) -> MicroBatcher:
         if self._thread is None:
@@ -118,10 +190,10 @@ class MicroBatcher:
     def queued(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, prompts: list[str]) -> concurrent.futures.Future:
+    def submit(self, prompts: list[str], client: str = "") -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         try:
-            self._queue.put_nowait(_Job(prompts, fut))
+            self._queue.put_nowait(_Job(prompts, fut, client))
         except queue.Full:
             fut.set_exception(RequestError(503, "the service is overloaded (queue full); retry later"))
         return fut
@@ -176,6 +248,11 @@ class MicroBatcher:
                 job.future.set_exception(RequestError(
                     413, f"prompt {i} is {n} tokens after formatting, over the limit of {self.limits.max_prompt_tokens}"))
                 continue
+            wait = self.budget.take(job.client, total)
+            if wait is not None:
+                self.stats["over_budget"] += 1
+                job.future.set_exception(over_budget(total, wait, self.budget))
+                continue
             live.append((job, formatted))
         if not live:
             return
@@ -196,6 +273,15 @@ class MicroBatcher:
         s["batches"] += 1
         s["largest_batch"] = max(s["largest_batch"], len(ids))
         s["busy_seconds"] += time.perf_counter() - t0
+
+
+def over_budget(n: float, wait: float, budget: ClientBudget) -> RequestError:
+    """The refusal of a request of ``n`` tokens that ``budget`` cannot pay for ``wait`` seconds."""
+    if math.isinf(wait):
+        return RequestError(413, f"request is {n:g} tokens after formatting, over the per-client burst of "
+                                 f"{budget.burst} tokens")
+    return RequestError(429, f"over this client's token budget ({budget.rate:g} tokens/s, burst {budget.burst}); "
+                             f"retry in {math.ceil(wait)} s", retry_after=wait)
 
 
 def _parse(body: bytes, limits: ServeLimits) -> list[str]:
@@ -278,7 +364,8 @@ def create_app(guard: Guard, limits: ServeLimits | None = None) -> Any:
     if guard.lm is None:
         raise ValueError("create_app needs a guard with its model attached (Guard.load(dir, lm=...))")
     guard.check_model(guard.lm)  # a model set by hand is checked too: another model would answer with nonsense
-    batcher = MicroBatcher(guard, limits)
+    budget = ClientBudget(limits.client_tokens_per_s, limits.client_burst_tokens, max_clients=limits.max_clients)
+    batcher = MicroBatcher(guard, limits, budget)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -294,24 +381,29 @@ def create_app(guard: Guard, limits: ServeLimits | None = None) -> Any:
     install_security(app, api_key=limits.api_key)
     app.state.batcher = batcher
     app.state.limits = limits
+    app.state.budget = budget
 
-    def error(status: int, detail: str) -> JSONResponse:
-        return JSONResponse({"detail": detail}, status_code=status)
+    def error(status: int, detail: str, retry_after: float | None = None) -> JSONResponse:
+        headers = {"retry-after": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "model": guard.model_name, "layer": guard.layer, "kind": guard.kind, "num_layers":
                 guard.model.get("num_layers"), "threshold": guard.threshold, "target_fpr": guard.target_fpr,
-                "queued": batcher.queued, "stats": dict(batcher.stats),
+                "queued": batcher.queued, "stats": dict(batcher.stats), "clients": len(budget),
                 "limits": {k: v for k, v in asdict(limits).items() if k != "api_key"}}
 
     body_schema = {"requestBody": {"required": True, "content": {"application/json": {
         "schema": ScoreRequest.model_json_schema()}}}}
     err = {"description": "refused: see detail", "content": {"application/json": {"schema": {
         "type": "object", "properties": {"detail": {"type": "string"}}}}}}
+    err_retry = {**err, "description": "over the client's token budget: retry after Retry-After seconds",
+                 "headers": {"Retry-After": {"description": "seconds until the request would fit the budget",
+                                             "schema": {"type": "integer"}}}}
 
     @app.post("/v1/score", response_model=ScoreResponse, openapi_extra=body_schema,
-              responses={401: err, 408: err, 413: err, 415: err, 422: err, 503: err})
+              responses={401: err, 408: err, 413: err, 415: err, 422: err, 429: err_retry, 503: err})
     async def score(request: Request) -> Any:
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -332,10 +424,14 @@ def create_app(guard: Guard, limits: ServeLimits | None = None) -> Any:
             return error(422, problem)
         try:
             prompts = _parse(bytes(body), limits)
-            future = batcher.submit(prompts)
+            client = client_id(request, limits.api_key)
+            wait = budget.take(client, 1, charge=False)  # an empty bucket is refused before queueing
+            if wait is not None:
+                raise over_budget(1, wait, budget)
+            future = batcher.submit(prompts, client)
             results = await asyncio.wait_for(asyncio.wrap_future(future), limits.request_timeout_s)
         except RequestError as exc:
-            return error(exc.status, exc.detail)
+            return error(exc.status, exc.detail, exc.retry_after)
         except TimeoutError:
             future.cancel()
             return error(503, f"scoring took over {limits.request_timeout_s:g} s; retry later or send fewer prompts")
