@@ -137,6 +137,7 @@ CASES: list[Case] = [
     Case("guard serve --port 99999", lambda e: ["guard", "serve", str(e.guard), "--port", "99999"], 2, "65535"),
     Case("guard serve --port 0", lambda e: ["guard", "serve", str(e.guard), "--port", "0"], 2, "65535"),
     Case("guard serve with an empty API key file", lambda e: ["guard", "serve", str(e.guard), "--api-key-file", str(e.file("key", ""))], 2, "empty"),
+    Case("guard serve with a negative per-client budget", lambda e: ["guard", "serve", str(e.guard), "--client-tokens-per-s", "-5"], 2, "0 \\(off\\) or positive"),
     Case("model folder not found", lambda e: [*extract(e, data=D)[:1], "--model", str(e.tmp / "nomodel"), *extract(e, data=D)[3:]], 2, "nomodel"),
     # -- --out --
     Case("extract --out is a file", lambda e: extract(e, data=D, out=e.file("f", "x")), 2, "is a file"),
