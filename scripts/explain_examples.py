@@ -6,8 +6,9 @@ Usage (from the repo root; the guard is a linear last-token guard made by `ihs g
     nice -n 10 .venv/bin/python scripts/explain_examples.py --model smollm2-135m-instruct \
         --guard runs/guardgen/smollm2/guard-old4 --out runs/explain-zoo/examples
 
-Candidates come only from the guard's held-out split (its card's ``splits.ids.test``: whole goals with all
-their wrappings were held out), in file order:
+Candidates are prompts the guard was neither fitted nor calibrated on (not in its card's ``splits.ids.train``
+or ``calibration``; jailbreaks only from ``splits.ids.test``, where whole goals with all their wrappings were
+held out), in file order:
 
 1. benign requests in a role-play wrapper (``builtin:wrapped``, wrapper ``roleplay_persona``): the first the
    guard flags;
@@ -80,8 +81,10 @@ def main() -> None:
         return [{"record": r, "probability": float(p), "flagged": bool(m)}
                 for r, p, m in zip(records, res.probability, res.malicious, strict=True)]
 
-    wrapped = [r for r in load_builtin("wrapped") if r.tags.get("wrapper") == "roleplay_persona" and r.id in held]
-    past = [r for r in load_builtin("reformulated") if r.tags.get("reformulation") == "past_tense" and r.id in held]
+    seen = train | set(card["splits"]["ids"].get("calibration", []))
+    wrapped = [r for r in load_builtin("wrapped") if r.tags.get("wrapper") == "roleplay_persona" and r.id not in seen]
+    past = [r for r in load_builtin("reformulated") if r.tags.get("reformulation") == "past_tense"
+            and r.id not in seen]
     jb_pool = [r for r in load_builtin("jailbreak") if r.id in held]
     rng = np.random.default_rng(args.seed)
     jb_pool = [jb_pool[i] for i in rng.permutation(len(jb_pool))]
@@ -92,7 +95,8 @@ def main() -> None:
                    progress=False)
     for row, g in zip(s_jb, gen.rows, strict=True):
         row["answer"], row["refused"] = g["answer"], bool(g["refused"])
-    counts = {"roleplay_wrapped_held_out": len(s_wrapped), "roleplay_wrapped_flagged": sum(r["flagged"] for r in s_wrapped),
+    counts = {"rule": "wrapped and past-tense: not in the guard's train or calibration split; jailbreaks: its test split",
+              "roleplay_wrapped_held_out": len(s_wrapped), "roleplay_wrapped_flagged": sum(r["flagged"] for r in s_wrapped),
               "past_tense_held_out": len(s_past), "past_tense_missed": sum(not r["flagged"] for r in s_past),
               "jailbreaks_generated": len(s_jb), "jailbreaks_refused": sum(r["refused"] for r in s_jb),
               "jailbreaks_flagged": sum(r["flagged"] for r in s_jb)}
