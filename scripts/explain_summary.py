@@ -162,6 +162,17 @@ def claim2(cos: dict[str, Any], num_layers: int) -> dict[str, Any]:
     return out
 
 
+def _round(value: Any, digits: int = 4) -> Any:
+    """Floats rounded (the summary is a small results file; the runs keep full precision)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _round(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v, digits) for v in value]
+    return value
+
+
 def _f(x: Any, d: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
 
@@ -228,7 +239,6 @@ def markdown(summary: dict[str, Any]) -> str:
                       f"Refusal direction: {cos['refusal']}", "",
                       "| layer | " + " | ".join(cos["controls"]["malicious_vs_normal"]) + " | refusal |",
                       "|---" * (len(cos["controls"]["malicious_vs_normal"]) + 2) + "|"]
-            names = cos["names"]
             for li, layer in enumerate(cos["layers"]):
                 cells = []
                 for e in cos["controls"]["malicious_vs_normal"].values():
@@ -236,8 +246,8 @@ def markdown(summary: dict[str, Any]) -> str:
                     mark = ("R" if e["random"]["exceeds_q95"][li] else "") + \
                            ("S" if e["shuffled"]["exceeds_q95"][li] else "")
                     cells.append(f"{_f(v, 2)}{' (' + mark + ')' if mark else ''}")
-                ref = (_f(cos["cosines"][li][names.index("malicious_vs_normal")][names.index("refusal")], 2)
-                       if "refusal" in names else "n/a")
+                ref = (_f(cos["refusal_vs_malicious_vs_normal"][li], 2)
+                       if "refusal_vs_malicious_vs_normal" in cos else "n/a")
                 lines.append(f"| {layer} | " + " | ".join(cells) + f" | {ref} |")
             lines += ["", f"Claim 2 check: {m.get('claim2')}", f"Command: `{cos.get('command')}`", ""]
     ex = summary.get("examples")
@@ -258,6 +268,7 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/explain-zoo")
     parser.add_argument("--out", default="benchmarks/results/explain_zoo")
     parser.add_argument("--figures", default="docs/figures")
+    parser.add_argument("--examples", default=None, help="Worked-examples folder (default: RUNS/examples).")
     args = parser.parse_args()
 
     from ihs.io import write_json
@@ -281,7 +292,8 @@ def main() -> None:
             m["claim2"] = claim2(m["cosines"], num_layers)
             cosines[MODELS[short]] = m["cosines"]
         summary["models"][short] = m
-    ex = _load(runs / "examples" / "examples.json")
+    ex_dir = Path(args.examples) if args.examples else runs / "examples"
+    ex = _load(ex_dir / "examples.json")
     if ex:
         summary["examples"] = {"counts": ex["counts"], "command": ex["command"], "seconds": ex["seconds"],
                                "load_before": ex["load_before"], "load_after": ex["load_after"],
@@ -294,19 +306,32 @@ def main() -> None:
                                                "refusal_margin": e["refusal_attribution"]["target"]}
                                             for e in ex["examples"]]}
         figs = Path(args.figures)
-        shutil.copy(runs / "examples" / "examples.html", figs / "explain_examples.html")
-        if (runs / "examples" / "explain_examples.png").is_file():
-            shutil.copy(runs / "examples" / "explain_examples.png", figs / "explain_examples.png")
+        shutil.copy(ex_dir / "examples.html", figs / "explain_examples.html")
+        if (ex_dir / "explain_examples.png").is_file():
+            shutil.copy(ex_dir / "explain_examples.png", figs / "explain_examples.png")
     sp = _load(runs / "speed" / "explain.json")
     if sp:
         summary["speed"] = {"command": sp.get("command"), "timing": sp["timing"], "prompts": len(sp["items"]),
                             "tokens_per_prompt": float(np.mean([len(it["tokens"]) for it in sp["items"]])),
                             "completeness": sp["completeness"], **_log_load(runs / "speed.log")}
-    cmd = f"scripts/explain_summary.py --runs {args.runs} --out {args.out} --figures {args.figures}"
+    cmd = f"scripts/explain_summary.py --runs {args.runs} --out {args.out} --figures {args.figures}" + (
+        f" --examples {args.examples}" if args.examples else "")
     summary["command"] = cmd
     plot_zoo_faithfulness(faith_runs, Path(args.figures), caption="bash scripts/make_explain_results.sh; " + cmd)
     plot_zoo_cosines(cosines, Path(args.figures), caption="bash scripts/make_explain_results.sh; " + cmd)
-    write_json(Path(args.out + ".json"), summary)
+    for m in summary["models"].values():  # the full cosine matrix stays in the runs; keep refusal vs malicious
+        cos = m.get("cosines")
+        if cos and "cosines" in cos:
+            names = cos["names"]
+            if "refusal" in names:
+                i, j = names.index("malicious_vs_normal"), names.index("refusal")
+                cos["refusal_vs_malicious_vs_normal"] = [row[i][j] for row in cos["cosines"]]
+            del cos["cosines"]
+            for per in cos.get("controls", {}).values():
+                for entry in per.values():
+                    for kind in ("random", "shuffled"):
+                        (entry.get(kind) or {}).pop("mean_abs", None)
+    write_json(Path(args.out + ".json"), _round(summary))
     Path(args.out + ".md").write_text(markdown(summary), encoding="utf-8")
     print(f"wrote {args.out}.json, {args.out}.md and figures in {args.figures}")
 
