@@ -76,7 +76,9 @@ def claim2(row: dict) -> dict:
     mal, nor = neg_shares(row, "malicious"), neg_shares(row, "normal")
     vals = [(v if v is not None else -1.0) for v in mal]
     i = max(range(len(vals)), key=vals.__getitem__) if vals else None
-    return {"peak_malicious": mal[i] if i is not None else None,
+    if i is not None and not vals[i] > 0:  # no layer has any: no peak
+        i = None
+    return {"peak_malicious": mal[i] if i is not None else (0.0 if mal else None),
             "peak_layer": lens["layers"][i] if i is not None else None,
             "normal_at_peak": nor[i] if i is not None and nor else None,
             "mid_malicious": lens["negative_mid"].get("malicious"), "mid_normal": lens["negative_mid"].get("normal"),
@@ -105,8 +107,23 @@ def paired_difference(a: dict[str, bool], b: dict[str, bool], *, draws: int = 40
                                                                float(np.percentile(boots, 97.5))], "n": len(ids)}
 
 
+def update_ratio(base: str, first: str, other: str) -> float | None:
+    """``||W_other - W_first|| / ||W_first - W_base||`` over all weights: how far another run's checkpoint lies
+    from the first run's, relative to the first run's own update (0: the same model)."""
+    from safetensors.torch import load_file
+
+    paths = [Path(p) / "model.safetensors" for p in (base, first, other)]
+    if not all(p.is_file() for p in paths):
+        return None
+    b, f, o = (load_file(str(p)) for p in paths)
+    num = sum(float(((o[k] - f[k]).double() ** 2).sum()) for k in f)
+    den = sum(float(((f[k] - b[k]).double() ** 2).sum()) for k in f)
+    return (num / den) ** 0.5 if den > 0 else None
+
+
 def load_run(name: str, track_dir: Path, summary: Path | None) -> dict:
-    track = read_json(track_dir / "align_track.json")
+    # a run without tracking (trained, not measured) still reports its training cost
+    track = read_json(track_dir / "align_track.json") if (track_dir / "align_track.json").is_file() else {"rows": []}
     info = read_json(summary) if summary and summary.is_file() else {}
     rows = []
     for r in track["rows"]:
@@ -115,6 +132,7 @@ def load_run(name: str, track_dir: Path, summary: Path | None) -> dict:
         n = g["n"]
         rows.append({
             "step": r["step"], "loss": r.get("loss"), "weights": r.get("weights"), "reused_from": r.get("reused_from"),
+            "checkpoint": r.get("checkpoint"),
             "acc_L4": p["acc_L4"], "acc_L4_ci": p["acc_L4_ci"], "control_L4": p["control_L4"], "layer_L4": p["layer_L4"],
             "first_95": p["first_95"], "first_95_ci": p.get("first_95_ci"), "probe_n": p.get("n"),
             "accuracy": p["accuracy"], "control": p["control"], "probe_layers": p["layers"],
@@ -130,11 +148,13 @@ def load_run(name: str, track_dir: Path, summary: Path | None) -> dict:
         })
     return {"track": str(track_dir), "command": track.get("command"), "rows": rows,
             "method": track.get("method"), "association": track.get("association"),
-            "train_command": info.get("command"), "train_wall_seconds": info.get("wall_seconds"),
+            "train_command": info.get("command"), "train_command_dir": info.get("run_dir"), "train_wall_seconds": info.get("wall_seconds"),
             "seconds_per_step": info.get("seconds_per_step"), "peak_rss_mib": info.get("peak_rss_mib"),
-            "segments": info.get("segments"), "steps": info.get("steps"), "examples": info.get("examples"),
+            "segments": info.get("segments"), "steps": info.get("steps") or info.get("stopped_at_step"), "examples": info.get("examples"),
             "loss_first": info.get("loss_first"), "loss_last": info.get("loss_last"),
-            "track_peak_rss_mib": track.get("peak_rss_mib")}
+            "track_peak_rss_mib": track.get("peak_rss_mib"),
+            "method_trained": (info.get("options") or {}).get("method") or info.get("method"),
+            "association_trained": info.get("association")}
 
 
 def ci(lo_hi) -> str:
@@ -160,12 +180,17 @@ def asr_cell(row: dict, cls: str) -> str:
     return f"{fmt(1 - rate, 2)} ({k}/{n}) [{fmt(lo, 2)}, {fmt(hi, 2)}]"
 
 
-def markdown(runs: dict, claim4: dict, zoo: list[dict], differences: dict, command: str) -> str:
+def markdown(all_runs: dict, claim4: dict, zoo: list[dict], differences: dict, command: str) -> str:
+    runs = {n: r for n, r in all_runs.items() if r["rows"]}
     out = [f"<!-- written by: {command} -->", ""]
     out += ["## Runs", "", "| run | method | steps | examples | wall (s) | s/step (trainer) | peak RSS (MiB) | "
             "loss first -> last |", "|---|---|---|---|---|---|---|---|"]
-    for name, run in runs.items():
-        out.append(f"| {name} | {run['method']}{' + association' if run['association'] else ''} | {run['steps']} | "
+    for name, run in all_runs.items():
+        method = run["method"] or run["method_trained"]
+        assoc = run["association"] or run["association_trained"]
+        state = "" if run["rows"] else (" (not tracked)" if run["steps"] else " (not trained)")
+        out.append(f"| {name}{state} | {method or 'n/a'}{' + association' if assoc else ''} | "
+                   f"{run['steps']} | "
                    f"{run['examples']} | {fmt(run['train_wall_seconds'], 0)} | {fmt(run['seconds_per_step'], 1)} | "
                    f"{fmt(run['peak_rss_mib'], 0)} | {fmt(run['loss_first'], 2)} -> {fmt(run['loss_last'], 2)} |")
     out += ["", "## Comparison at the last checkpoint (held-out goals; rate (k/n) [Wilson 95%])", "",
@@ -191,22 +216,28 @@ def markdown(runs: dict, claim4: dict, zoo: list[dict], differences: dict, comma
     ]
     for label, cell in measures:
         out.append(f"| {label} | " + " | ".join(cell(last[n]) for n in runs) + " |")
+    classes = ("malicious", "jailbreak", "contrast", "normal")
     if differences:
         out += ["", "Paired differences to the first run at the last checkpoint (refusal rate of the run minus the "
-                "first run's, on the same prompts; 95% bootstrap interval over prompts):", "",
-                "| run | " + " | ".join(next(iter(differences.values()))) + " |",
-                "|---|" + "---|" * len(next(iter(differences.values())))]
+                "first run's, on the same prompts; 95% bootstrap interval over prompts), and how far the run's "
+                "weights lie from the first run's (distance / the first run's own update from step 0):", "",
+                "| run | " + " | ".join(f"refusal {c}" for c in classes) + " | weights |",
+                "|---|" + "---|" * (len(classes) + 1)]
         for name, diffs in differences.items():
-            out.append(f"| {name} | " + " | ".join(f"{fmt(d['difference'], 2)} {ci(d['ci95'])}"
-                                                   for d in diffs.values()) + " |")
-    out += ["", "## Every checkpoint", ""]
+            cells = [f"{fmt(diffs[c]['difference'], 2)} {ci(diffs[c]['ci95'])}" if c in diffs else "n/a"
+                     for c in classes]
+            w = diffs.get("weights", {})
+            cells.append(f"{fmt(w.get('update_ratio'), 3)} (step {w.get('step')})" if w else "n/a")
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", "## Every checkpoint", "", "(reused): the row of a checkpoint with identical weights measured in "
+            "another tracking folder (every run's step 0 is the base model; `reused_from` in the JSON).", ""]
     for name, run in runs.items():
         out += [f"### {name}", "", "| step | loss | acc L/4 [95% CI] | control L/4 | first >= 0.95 | peak neg. share "
                 "mal. (layer) | normal there | TKIC top-1 mal. | ASR mal. | ASR jailbreak | over-refusal | refusal "
                 "normal | perplexity |", "|" + "---|" * 13]
         for r in run["rows"]:
             c2 = r["claim2"]
-            out.append(f"| {r['step']}{' (shared)' if r['reused_from'] else ''} | {fmt(r['loss'], 2)} | "
+            out.append(f"| {r['step']}{' (reused)' if r['reused_from'] else ''} | {fmt(r['loss'], 2)} | "
                        f"{fmt(r['acc_L4'])} {ci(r['acc_L4_ci'])} | {fmt(r['control_L4'])} | {fmt(r['first_95'])} | "
                        f"{fmt(c2['peak_malicious'], 2)} ({c2['peak_layer']}) | {fmt(c2['normal_at_peak'], 2)} | "
                        f"{fmt(r['tkic_top1_malicious'])} | {fmt(r['asr_malicious'], 2)} | "
@@ -278,12 +309,23 @@ def main() -> None:
               "with_zoo": spearman_bootstrap([p["tkic"] for p in both], [p["harmless"] for p in both]),
               "points": both}
 
-    first = next(iter(runs))
+    tracked = [n for n, r in runs.items() if r["rows"]]
+    first = tracked[0]
     differences = {}
-    for name in list(runs)[1:]:
+    for name in tracked[1:]:
         a, b = runs[first]["rows"][-1]["refused"], runs[name]["rows"][-1]["refused"]
         differences[name] = {cls: paired_difference(a[cls], b[cls]) for cls in ("malicious", "jailbreak", "contrast",
                                                                                "normal") if cls in a and cls in b}
+
+    for name in [n for n in runs if n != first]:
+        a, b = runs[first]["rows"], runs[name]["rows"] or [{"step": None}]
+        if a[-1]["step"] == b[-1]["step"] and a[0]["step"] == 0:
+            ratio = update_ratio(a[0]["checkpoint"], a[-1]["checkpoint"], b[-1]["checkpoint"])
+            differences.setdefault(name, {})["weights"] = {"update_ratio": ratio, "step": b[-1]["step"]}
+        elif not runs[name]["rows"] and runs[name]["steps"] == a[-1]["step"]:  # trained, not tracked
+            folder = Path(runs[name]["train_command_dir"]) / "checkpoints" / f"step-{a[-1]['step']:06d}"
+            ratio = update_ratio(a[0]["checkpoint"], a[-1]["checkpoint"], str(folder))
+            differences.setdefault(name, {})["weights"] = {"update_ratio": ratio, "step": a[-1]["step"]}
 
     write_json(args.out, {"command": command, "runs": runs, "claim4": claim4, "zoo": zoo,
                           "differences_to": first, "differences": differences})
@@ -295,10 +337,10 @@ def main() -> None:
         from ihs.plots.align import claim2_figure, claim4_figure, compare_figure
 
         caption = "scripts/align_claims.py (bash scripts/make_alignment_results.sh, stage claims)"
-        compare_figure({n: r["rows"] for n, r in runs.items()}, args.figures, caption)
+        compare_figure({n: r["rows"] for n, r in runs.items() if r["rows"]}, args.figures, caption)
         claim2_figure({n: [{"step": r["step"], "layers": r["claim2"]["layers"],
                             "neg_malicious": r["claim2"]["malicious"]} for r in run["rows"]]
-                       for n, run in runs.items()}, args.figures, caption)
+                       for n, run in runs.items() if run["rows"]}, args.figures, caption)
         claim4_figure(both, claim4["with_zoo"], args.figures, caption)
 
 
