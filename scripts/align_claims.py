@@ -121,6 +121,22 @@ def update_ratio(base: str, first: str, other: str) -> float | None:
     return (num / den) ** 0.5 if den > 0 else None
 
 
+def loss_summary(run_dir: str | None) -> dict:
+    """From a run's ``log.jsonl``: the task loss (the association term taken out) averaged over the first and the
+    last 10 logged steps, and the association term's first, last, lowest and highest value."""
+    path = Path(run_dir or "") / "log.jsonl"
+    if not run_dir or not path.is_file():
+        return {}
+    rows = [r for r in read_jsonl(path) if r.get("loss") is not None]
+    task = [r["loss"] - (r.get("assoc_loss") or 0.0) for r in rows]
+    term = [r["assoc_loss"] for r in rows if r.get("assoc_loss")]  # 0 on a batch without malicious rows
+    out = {"task_loss_first10": float(np.mean(task[:10])), "task_loss_last10": float(np.mean(task[-10:])),
+           "steps_logged": len(rows)}
+    if term:
+        out["association_term"] = {"first": term[0], "last": term[-1], "min": min(term), "max": max(term)}
+    return out
+
+
 def load_run(name: str, track_dir: Path, summary: Path | None) -> dict:
     # a run without tracking (trained, not measured) still reports its training cost
     track = read_json(track_dir / "align_track.json") if (track_dir / "align_track.json").is_file() else {"rows": []}
@@ -154,6 +170,7 @@ def load_run(name: str, track_dir: Path, summary: Path | None) -> dict:
             "loss_first": info.get("loss_first"), "loss_last": info.get("loss_last"),
             "track_peak_rss_mib": track.get("peak_rss_mib"),
             "method_trained": (info.get("options") or {}).get("method") or info.get("method"),
+            "losses": loss_summary(info.get("run_dir")),
             "association_trained": info.get("association")}
 
 
@@ -193,6 +210,14 @@ def markdown(all_runs: dict, claim4: dict, zoo: list[dict], differences: dict, c
                    f"{run['steps']} | "
                    f"{run['examples']} | {fmt(run['train_wall_seconds'], 0)} | {fmt(run['seconds_per_step'], 1)} | "
                    f"{fmt(run['peak_rss_mib'], 0)} | {fmt(run['loss_first'], 2)} -> {fmt(run['loss_last'], 2)} |")
+    out += ["", "Task loss (the association term taken out), mean of the first / last 10 logged steps: "
+            + "; ".join(f"{n} {fmt(r['losses'].get('task_loss_first10'), 3)} / {fmt(r['losses'].get('task_loss_last10'), 3)}"
+                        for n, r in all_runs.items() if r["losses"])]
+    for n, r in all_runs.items():
+        t = r["losses"].get("association_term") if r["losses"] else None
+        if t:
+            out.append(f"Association term of {n} (mean 1 - cos over malicious rows): first {fmt(t['first'], 4)}, last "
+                       f"{fmt(t['last'], 4)}, range {fmt(t['min'], 4)}-{fmt(t['max'], 4)}.")
     out += ["", "## Comparison at the last checkpoint (held-out goals; rate (k/n) [Wilson 95%])", "",
             "| measure | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
     last = {name: run["rows"][-1] for name, run in runs.items()}
