@@ -64,7 +64,7 @@ class ExplainOptions:
     random_orders: int = opt(3, "Random orders averaged per prompt.")
     cosines: bool = opt(True, "Per-layer cosines of the malicious-vs-normal, refusal and concept directions.")
     cosine_layers: str | None = opt(DEFAULT_COSINE_LAYERS, "Layers for the cosines, in the layer grammar "
-                                                           "(null: all).")
+                                                           "(0:L or null: all).")
     controls: int = opt(5, "Random and shuffled control directions per concept.")
     sanity: bool = opt(False, "Randomised-weights check: Spearman correlation of attributions after "
                               "re-initialising the decoder blocks (one more attribution pass).")
