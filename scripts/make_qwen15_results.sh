@@ -51,6 +51,9 @@ for step in "$@"; do
       $IHS lens runs/qwen15-builtin --out runs/lens-qwen15 --heatmap-layers 0.5:0.85 \
         --classes normal,malicious,jailbreak --refusal runs/gen-qwen15/refusal_rates.json
       $IHS jailbreak runs/qwen15-builtin --generations runs/gen-qwen15/generations.jsonl --out runs/jb-qwen15
+      # blocks 19-23: where the lens shows negative tokens for malicious input (chosen after looking: descriptive)
+      $IHS jailbreak runs/qwen15-builtin --generations runs/gen-qwen15/generations.jsonl --middle 19:23 \
+        --out runs/jb-qwen15-19-23
       .venv/bin/python scripts/qwen15_summary.py ;;
     *)
       echo "unknown step '$step' (pull, store, paper, gen-CLASS, graft, analyse)" >&2; exit 2 ;;

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ihs.io import write_json
+from ihs.models import zoo
 
 MODEL = "qwen2.5-coder-1.5b-instruct"
 RUNS = Path("runs")
@@ -126,9 +127,22 @@ def main() -> int:
             out["refusal"]["parts"][part.parent.name] = {"command": one.get("command"), "seconds": one.get("seconds")}
     else:
         out["missing"].append("refusal")
-    jb = _load(RUNS / "jb-qwen15" / "jailbreak.json")
-    if jb:
-        out["jailbreak"] = {"middle": jb["middle"], "early_layer": jb["early_layer"],
+    marker = _load(zoo.model_dir(MODEL) / zoo.MARKER) if zoo.is_pulled(MODEL) else None
+    if marker:
+        folder = zoo.model_dir(MODEL)
+        out["model_folder"] = {"pull_seconds": marker.get("pull_seconds"), "sha256": marker["sha256"],
+                               "gib_on_disk": _r(sum(f.stat().st_size for f in folder.iterdir()) / 2**30, 2),
+                               "dtype": "float32"}
+    store = _load(RUNS / "qwen15-builtin" / "manifest.json")
+    if store:
+        out["store"] = {"n_prompts": store.get("n_prompts"), "datasets": store.get("datasets"),
+                        "seconds": sum(r.get("seconds", 0) for r in store.get("runs", []))}
+    for name in ("jb-qwen15", "jb-qwen15-19-23"):
+        jb = _load(RUNS / name / "jailbreak.json")
+        if not jb:
+            out["missing"].append(name)
+            continue
+        out[name.replace("jb-qwen15", "jailbreak")] = {"middle": jb["middle"], "early_layer": jb["early_layer"],
                             "groups": {k: {"n": g["n"], "early_recognised": _r(g["early_recognised"], 2),
                                            "mid_negative_share": {"mean": _r(g["mid_negative_share"]["mean"], 2),
                                                                   "ci95": [_r(x, 2) for x in g["mid_negative_share"]["ci95"]]}
@@ -138,8 +152,6 @@ def main() -> int:
                                        for k, g in jb["groups"].items()},
                             "refused_vs_complied": jb["refused_vs_complied"],
                             "n_without_generation": jb["n_without_generation"]}
-    else:
-        out["missing"].append("jailbreak")
     graft = _load(RUNS / "graft-qwen15-pair" / "graft.json")
     if graft:
         f = graft["forward"]
