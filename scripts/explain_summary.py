@@ -269,6 +269,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/explain_zoo")
     parser.add_argument("--figures", default="docs/figures")
     parser.add_argument("--examples", default=None, help="Worked-examples folder (default: RUNS/examples).")
+    parser.add_argument("--extra", action="append", default=[],
+                        help="LABEL:METHOD=DIR: one more ihs explain run (e.g. the same prompts with another "
+                             "method) as a row of the faithfulness figure and table; repeatable.")
     args = parser.parse_args()
 
     from ihs.io import write_json
@@ -292,6 +295,19 @@ def main() -> None:
             m["claim2"] = claim2(m["cosines"], num_layers)
             cosines[MODELS[short]] = m["cosines"]
         summary["models"][short] = m
+    extra: dict[str, Any] = {}
+    for spec in args.extra:
+        label_method, _, folder = spec.partition("=")
+        label, _, method = label_method.partition(":")
+        d = _load(Path(folder) / "explain.json")
+        if d is None or not d.get("faithfulness"):
+            raise SystemExit(f"no faithfulness in {folder}")
+        faith_runs.setdefault(label, {})[method] = d["faithfulness"]["items"]
+        extra.setdefault(label, {})[method] = {"command": d.get("command"), "prompts": len(d["items"]),
+                                               "faithfulness": faithfulness(d["faithfulness"]["items"]),
+                                               "completeness": d.get("completeness")}
+    if extra:
+        summary["extra"] = extra
     ex_dir = Path(args.examples) if args.examples else runs / "examples"
     ex = _load(ex_dir / "examples.json")
     if ex:
@@ -315,7 +331,7 @@ def main() -> None:
                             "tokens_per_prompt": float(np.mean([len(it["tokens"]) for it in sp["items"]])),
                             "completeness": sp["completeness"], **_log_load(runs / "speed.log")}
     cmd = f"scripts/explain_summary.py --runs {args.runs} --out {args.out} --figures {args.figures}" + (
-        f" --examples {args.examples}" if args.examples else "")
+        f" --examples {args.examples}" if args.examples else "") + "".join(f" --extra {e}" for e in args.extra)
     summary["command"] = cmd
     plot_zoo_faithfulness(faith_runs, Path(args.figures), caption="bash scripts/make_explain_results.sh; " + cmd)
     plot_zoo_cosines(cosines, Path(args.figures), caption="bash scripts/make_explain_results.sh; " + cmd)
