@@ -65,3 +65,21 @@ def export_checkpoint(model: Any, tokenizer: Any, folder: Path, meta: dict[str, 
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
+
+
+def checkpoint_digest(folder: str | Path) -> str:
+    """sha256 over a checkpoint's weight files and chat template: equal digests mean the same model to measure.
+
+    Every run's step 0 is the base model (LoRA starts as a no-op), so runs of one base model share that row.
+    """
+    import hashlib
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors")) + [p for p in (folder / "chat_template.jinja",) if p.is_file()]
+    for path in files:
+        h.update(path.name.encode() + b"\0")
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()

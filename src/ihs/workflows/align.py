@@ -362,28 +362,16 @@ def track_checkpoint(step: int, folder: Path, records: dict[str, list[Any]], opt
         gen.save(out / name / "generate", figures=False)
     meta = read_meta(folder)
     return {"step": step, "checkpoint": str(folder), "loss": meta.get("loss"), "num_layers": lm.num_layers,
-            "weights": checkpoint_digest(folder),
+            "weights": _digest(folder),
             "probe": _probe_row(probe, lm.num_layers), "lens": _lens_row(lens), "generate": _generate_row(gen),
             "perplexity": {k: v for k, v in ppl.items() if k != "answers"} if ppl else None,
             "seconds": round(time.perf_counter() - started, 1), "seconds_parts": parts}
 
 
-def checkpoint_digest(folder: str | Path) -> str:
-    """sha256 over a checkpoint's weight files and chat template: equal digests mean the same model to measure.
+def _digest(folder: str | Path) -> str:
+    from ihs.align.checkpoints import checkpoint_digest
 
-    Every run's step 0 is the base model (LoRA starts as a no-op), so runs of one base model share that row.
-    """
-    import hashlib
-
-    folder = Path(folder)
-    h = hashlib.sha256()
-    files = sorted(folder.glob("*.safetensors")) + [p for p in (folder / "chat_template.jinja",) if p.is_file()]
-    for path in files:
-        h.update(path.name.encode() + b"\0")
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    return checkpoint_digest(folder)
 
 
 ROW_FILE = "track_row.json"
@@ -405,7 +393,7 @@ def _cached_row(step: int, folder: Path, records: dict[str, list[Any]], options:
             return saved["row"]
     row = None
     if reuse:
-        digest = checkpoint_digest(folder)
+        digest = _digest(folder)
         for other in reuse:
             for path in sorted(Path(other).glob(f"step-*/{ROW_FILE}")):
                 saved = read_json(path)
@@ -414,7 +402,7 @@ def _cached_row(step: int, folder: Path, records: dict[str, list[Any]], options:
                 weights = saved["row"].get("weights")
                 measured = saved["row"].get("checkpoint")
                 if weights is None and measured and Path(measured).is_dir():  # a row written before digests
-                    weights = checkpoint_digest(measured)
+                    weights = _digest(measured)
                 if weights == digest:
                     row = {**saved["row"], "step": step, "checkpoint": str(folder), "loss": read_meta(folder).get("loss"),
                            "weights": digest, "reused_from": str(path)}
@@ -443,7 +431,7 @@ def run_track(run_dir: str | Path, options: TrackOptions | None = None, *, out: 
 
     With ``out``, each checkpoint's row is kept in ``out/step-N/track_row.json`` and reused by later calls.
     ``reuse``: output folders of other tracked runs whose rows are taken for checkpoints with identical
-    weights (:func:`checkpoint_digest`) measured with the same options, such as the shared step 0.
+    weights (:func:`ihs.align.checkpoints.checkpoint_digest`) measured with the same options, such as the shared step 0.
     """
     from ihs.align import list_checkpoints
     from ihs.io import read_json
