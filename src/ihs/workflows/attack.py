@@ -17,7 +17,7 @@ from typing import Any
 
 from ihs.errors import IhsError
 from ihs.io import write_jsonl
-from ihs.workflows.base import Result, Skip, Step, StepContext, opt
+from ihs.workflows.base import Result, RowsResult, Skip, Step, StepContext, opt
 
 __all__ = ["AttackOptions", "AttackResult", "AttackStep", "GenerateResult", "ScanResult", "run_defenses",
            "run_generate", "run_rounds", "run_scan"]
@@ -70,20 +70,22 @@ class AttackOptions:
                              holdout=Holdout(fams, muts), seed=self.seed, threads=self.threads)
 
 
-class ScanResult(Result):
-    """``attack_scan.json``: the weakness scan (groups ranked by gap and ASR, with intervals); rows beside it."""
+class _RowsFile(RowsResult):
+    """A result whose rows are written as ``ROWS`` (JSONL) beside its JSON."""
 
-    FILE = "attack_scan.json"
-    ROWS = "attack_scan_rows.jsonl"
-
-    def __init__(self, data: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(data)
-        self.rows = rows or []
+    ROWS = ""
 
     def save(self, folder: str | Path, **_: Any) -> list[Path]:
         written = super().save(folder)
         write_jsonl(Path(folder) / self.ROWS, self.rows)
         return [*written, Path(folder) / self.ROWS]
+
+
+class ScanResult(_RowsFile):
+    """``attack_scan.json``: the weakness scan (groups ranked by gap and ASR, with intervals); rows beside it."""
+
+    FILE = "attack_scan.json"
+    ROWS = "attack_scan_rows.jsonl"
 
     def top(self, by: str = "family", n: int = 5) -> list[dict[str, Any]]:
         """The ``n`` weakest groups of a grouping (family, template, kind, mutation)."""
@@ -113,20 +115,11 @@ def run_scan(model: str, options: AttackOptions | None = None, *, side: str = "t
     return ScanResult(data, result["rows"])
 
 
-class GenerateResult(Result):
+class GenerateResult(_RowsFile):
     """``attack_generate.json``: how attacks were generated; ``attacks.jsonl`` holds them."""
 
     FILE = "attack_generate.json"
     ROWS = "attacks.jsonl"
-
-    def __init__(self, data: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(data)
-        self.rows = rows or []
-
-    def save(self, folder: str | Path, **_: Any) -> list[Path]:
-        written = super().save(folder)
-        write_jsonl(Path(folder) / self.ROWS, self.rows)
-        return [*written, Path(folder) / self.ROWS]
 
 
 def run_generate(scan_file: str | Path | None, options: AttackOptions | None = None, *, random: bool = False,
