@@ -31,8 +31,6 @@ import os
 import selectors
 import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -40,15 +38,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+from guard_server import start_server
 
 DEEP = b'{"prompts": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
 BIG = json.dumps({"prompts": ["x" * 1000] * 2000}).encode()  # about 2 MB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -298,24 +291,9 @@ def main() -> None:
 
     records, _ = prepare(["normal=builtin:normal", "malicious=builtin:malicious"], limit=args.pool // 2)
     prompts = [r.text for r in records]
-    port = free_port()
-    ihs_bin = str(Path(sys.executable).with_name("ihs"))
-    command = [ihs_bin, "guard", "serve", args.guard, "--port", str(port)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
+    proc, port, url, startup = start_server(args.guard)
     phases: dict[str, dict] = {}
     try:
-        t0 = time.perf_counter()
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.5)
-        startup = time.perf_counter() - t0
         health = httpx.get(url + "/healthz").json()
         ref: dict[str, dict] = {}
         with httpx.Client(base_url=url, timeout=300) as http:  # reference answers, one prompt at a time
@@ -332,7 +310,7 @@ def main() -> None:
         proc.wait(timeout=60)
     result = {
         "guard": args.guard, "model": health["model"], "layer": health["layer"], "kind": health.get("kind"),
-        "num_layers": health["num_layers"], "server_command": ["ihs", *command[1:]], "limits": health["limits"],
+        "num_layers": health["num_layers"], "server_command": ["ihs", "guard", "serve", args.guard, "--port", str(port)], "limits": health["limits"],
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "server_startup_seconds": startup,
         "load_average_at_end": os.getloadavg(), "good_prompts": len(prompts),
         "malicious_in_reference": sum(r["malicious"] for r in ref.values()),

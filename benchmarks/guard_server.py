@@ -39,6 +39,29 @@ def pct(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, int(q * len(v)))]
 
 
+def start_server(guard: str) -> tuple[subprocess.Popen, int, str, float]:
+    """``ihs guard serve GUARD`` on a free loopback port, waited for until healthy: (process, port, url, seconds)."""
+    port = free_port()
+    ihs_bin = str(Path(sys.executable).with_name("ihs"))
+    proc = subprocess.Popen([ihs_bin, "guard", "serve", guard, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    try:
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    return proc, port, url, time.perf_counter() - t0
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.5)
+    except BaseException:
+        proc.terminate()
+        raise
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--guard", required=True)
@@ -54,23 +77,8 @@ def main() -> None:
 
     records, _ = prepare(["normal=builtin:normal", "malicious=builtin:malicious"], limit=200)
     prompts = [r.text for r in records]
-    port = free_port()
-    ihs_bin = str(Path(sys.executable).with_name("ihs"))
-    proc = subprocess.Popen([ihs_bin, "guard", "serve", args.guard, "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
+    proc, _, url, startup = start_server(args.guard)
     try:
-        t0 = time.perf_counter()
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.5)
-        startup = time.perf_counter() - t0
         health0 = httpx.get(url + "/healthz").json()
 
         with httpx.Client(base_url=url, timeout=120) as http:
