@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ihs.analysis.classifiers import bootstrap_interval
 from ihs.generation import wilson
 
 #: group name -> how to read it from a row's tags
@@ -43,10 +44,8 @@ def bootstrap_mean(values: Sequence[float], *, draws: int = 1000, seed: int = 0)
     v = np.asarray(values, dtype=float)
     if v.size == 0:
         return {"mean": None, "ci95": [None, None], "n": 0}
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, (draws, v.size))].mean(axis=1)
-    return {"mean": round(float(v.mean()), 4), "ci95": [round(float(np.percentile(means, 2.5)), 4),
-                                                        round(float(np.percentile(means, 97.5)), 4)], "n": int(v.size)}
+    lo, hi = bootstrap_interval(v, resamples=draws, seed=seed)
+    return {"mean": round(float(v.mean()), 4), "ci95": [round(lo, 4), round(hi, 4)], "n": int(v.size)}
 
 
 def proportion(k: int, n: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ihs.analysis.classifiers import bootstrap_interval
 from ihs.explain.concepts import HARM_CONCEPTS, ConceptLibrary
 
 BOOTSTRAP = 2000
@@ -52,10 +53,7 @@ def bootstrap_mean(values: Sequence[float], *, resamples: int = BOOTSTRAP, seed:
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
     if len(v) < 3:
         return None
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return [float(lo), float(hi)]
+    return list(bootstrap_interval(v, resamples=resamples, seed=seed, level=level))
 
 
 def class_shares(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
