@@ -14,7 +14,15 @@
 #   train-sft    LoRA SFT (refusals for training-side malicious goals, ihs's written answers for benign ones)
 #   train-assoc  the same with the association term (emotion directions, blocks L/3..L/2, weight 1)
 #   train-dpo    DPO on the same prompts (chosen: refusal / answer; rejected: compliant opening / refusal)
-#   track-sft, track-assoc, track-dpo   `ihs align track` of every checkpoint (step 0 measured once:
+#   calibrate    the association weight, chosen on training prompts only: 6 steps of SFT + association at
+#                each weight of CAL_WEIGHTS (default 10 100 1000); scripts/align_calibration.py reads each
+#                run's trainer log (the term at steps 1 and 6, the task loss) into
+#                benchmarks/results/align_calibration.md
+#   train-assoc-strong   SFT + association at ASSOC_WEIGHT (the smallest calibrated weight whose term fell by
+#                at least 0.05 within 6 steps), otherwise as train-assoc; runs/align/assoc-w<weight>
+#   train-smollm2  the same plain LoRA SFT on SmolLM2-135M-Instruct (an instruct model, weakly aligned:
+#                strengthened rather than aligned from scratch); runs/align/smollm2-sft
+#   track-sft, track-assoc, track-dpo, track-smollm2   `ihs align track` of every checkpoint (step 0 measured once:
 #                every run's step 0 is the base model, identical weights, reused through --reuse)
 #   claims       scripts/align_claims.py: tables, claim 4 (Spearman + bootstrap), figures
 set -euo pipefail
@@ -26,14 +34,18 @@ EVERY=10
 TRACK=(--per-class 24 --max-new-tokens 20)
 # the tracked step 0 of the base model (measured once, with the same options, in an earlier SFT run's tracking)
 BASE_TRACK=${BASE_TRACK:-$OUT/gemma-sft-track}
-STAGES=${STAGES:-"train-sft train-assoc train-dpo track-sft track-assoc track-dpo claims"}
+ASSOC_WEIGHT=${ASSOC_WEIGHT:-100}
+CAL_WEIGHTS=${CAL_WEIGHTS:-"10 100 1000"}
+STRONG=assoc-w${ASSOC_WEIGHT}
+STAGES=${STAGES:-"train-sft train-assoc train-dpo calibrate train-assoc-strong track-sft track-assoc track-dpo
+track-assoc-strong claims"}
 read -r -a RUNNER <<< "${RUN:-env OMP_NUM_THREADS=1 nice -n 10}"
 TRAIN=(--model "$MODEL" --steps $STEPS --save-every $EVERY --threads 1)
 mkdir -p "$OUT"
 
 track() {  # track NAME: every exported checkpoint of runs/align/NAME in one job (some 15 minutes on one thread)
   local name=$1 reuse=() steps
-  for dir in "$BASE_TRACK" "$OUT"/sft-track "$OUT"/assoc-track "$OUT"/dpo-track; do
+  for dir in "$BASE_TRACK" "$OUT"/sft-track "$OUT"/assoc-track "$OUT"/dpo-track "$OUT/$STRONG-track"; do
     [[ -d $dir && $dir != "$OUT/$name-track" ]] && reuse+=(--reuse "$dir")
   done
   # wait until the run has trained all its steps (another job may still be training it)
@@ -54,6 +66,22 @@ for stage in $STAGES; do
         --assoc-layers L/3:L/2 --assoc-weight 1.0 --no-progress ;;
     train-dpo)
       "${RUNNER[@]}" .venv/bin/ihs align dpo "${TRAIN[@]}" --out "$OUT/dpo" --no-progress ;;
+    calibrate)
+      for w in $CAL_WEIGHTS; do
+        [[ -f $OUT/calibrate/w$w/align_run.json ]] || "${RUNNER[@]}" .venv/bin/ihs align sft --model "$MODEL" \
+          --steps 6 --save-every 1000 --threads 1 --out "$OUT/calibrate/w$w" --association emotion \
+          --assoc-layers L/3:L/2 --assoc-weight "$w" --no-progress
+        rm -rf "$OUT/calibrate/w$w/checkpoints" "$OUT/calibrate/w$w/trainer"  # weights are not needed
+      done
+      .venv/bin/python scripts/align_calibration.py "$OUT"/calibrate/w* --markdown benchmarks/results/align_calibration.md ;;
+    train-assoc-strong)
+      "${RUNNER[@]}" .venv/bin/ihs align sft "${TRAIN[@]}" --out "$OUT/$STRONG" --association emotion \
+        --assoc-layers L/3:L/2 --assoc-weight "$ASSOC_WEIGHT" --no-progress ;;
+    track-assoc-strong) track "$STRONG" ;;
+    train-smollm2)
+      "${RUNNER[@]}" .venv/bin/ihs align sft --model smollm2-135m-instruct --steps $STEPS --save-every $EVERY \
+        --threads 1 --out "$OUT/smollm2-sft" --no-progress ;;
+    track-smollm2) track smollm2-sft ;;
     track-sft) track sft ;;
     track-assoc) track assoc ;;
     track-dpo) track dpo ;;
@@ -62,6 +90,7 @@ for stage in $STAGES; do
         sft="$OUT/sft-track:$OUT/sft/align_run.json" \
         assoc="$OUT/assoc-track:$OUT/assoc/align_run.json" \
         dpo="$OUT/dpo-track:$OUT/dpo/align_run.json" \
+        "$STRONG=$OUT/$STRONG-track:$OUT/$STRONG/align_run.json" \
         --out benchmarks/results/align_claims.json --markdown benchmarks/results/align_claims.md \
         --figures docs/figures ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
