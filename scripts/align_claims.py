@@ -171,7 +171,7 @@ def load_run(name: str, track_dir: Path, summary: Path | None) -> dict:
             "track_peak_rss_mib": track.get("peak_rss_mib"),
             "method_trained": (info.get("options") or {}).get("method") or info.get("method"),
             "losses": loss_summary(info.get("run_dir")),
-            "association_trained": info.get("association")}
+            "association_trained": info.get("association"), "base_model": info.get("model")}
 
 
 def ci(lo_hi) -> str:
@@ -243,7 +243,7 @@ def markdown(all_runs: dict, claim4: dict, zoo: list[dict], differences: dict, c
         out.append(f"| {label} | " + " | ".join(cell(last[n]) for n in runs) + " |")
     classes = ("malicious", "jailbreak", "contrast", "normal")
     if differences:
-        out += ["", "Paired differences to the first run at the last checkpoint (refusal rate of the run minus the "
+        out += ["", "Paired differences to the first run (runs of the same base model) at the last checkpoint (refusal rate of the run minus the "
                 "first run's, on the same prompts; 95% bootstrap interval over prompts), and how far the run's "
                 "weights lie from the first run's (distance / the first run's own update from step 0):", "",
                 "| run | " + " | ".join(f"refusal {c}" for c in classes) + " | weights |",
@@ -322,11 +322,14 @@ def main() -> None:
             if key in seen or r["tkic_top1_malicious"] is None:
                 continue
             seen.add(key)
-            shared = r["step"] == 0 and len(runs) > 1
-            points.append({"name": "base (step 0)" if shared else f"{name}@{r['step']}",
-                           "group": "step 0 (base)" if shared else name, "label": str(r["step"]),
+            base = run["base_model"] or name
+            shared = r["step"] == 0 and sum(x["base_model"] == run["base_model"] for x in runs.values()) > 1
+            points.append({"name": f"{base} (step 0)" if shared else f"{name}@{r['step']}",
+                           "group": f"step 0 ({base})" if shared else name, "label": str(r["step"]),
                            "tkic": r["tkic_top1_malicious"], "harmless": 1 - r["asr_malicious"]})
-    zoo = zoo_points(Path(args.results))
+    # a zoo model that is also a tracked run's base is measured there (step 0, this held-out split): counted once
+    tracked_bases = {(r["base_model"] or "").lower() for r in runs.values() if r["rows"]}
+    zoo = [z for z in zoo_points(Path(args.results)) if z["model"].lower() not in tracked_bases]
     zoo_pts = [{"name": f"zoo: {z['model']}", "group": "zoo (RESULTS.md)", "label": z["model"].replace("-Instruct", ""),
                 "tkic": z["tkic_top1_malicious"], "harmless": z["refusal_malicious"]} for z in zoo]
     both = points + zoo_pts
@@ -337,12 +340,13 @@ def main() -> None:
     tracked = [n for n, r in runs.items() if r["rows"]]
     first = tracked[0]
     differences = {}
-    for name in tracked[1:]:
+    same_base = [n for n in tracked[1:] if runs[n]["base_model"] == runs[first]["base_model"]]
+    for name in same_base:
         a, b = runs[first]["rows"][-1]["refused"], runs[name]["rows"][-1]["refused"]
         differences[name] = {cls: paired_difference(a[cls], b[cls]) for cls in ("malicious", "jailbreak", "contrast",
                                                                                "normal") if cls in a and cls in b}
 
-    for name in [n for n in runs if n != first]:
+    for name in [n for n in runs if n != first and runs[n]["base_model"] == runs[first]["base_model"]]:
         a, b = runs[first]["rows"], runs[name]["rows"] or [{"step": None}]
         if a[-1]["step"] == b[-1]["step"] and a[0]["step"] == 0:
             ratio = update_ratio(a[0]["checkpoint"], a[-1]["checkpoint"], b[-1]["checkpoint"])
