@@ -1,6 +1,7 @@
 """Adversarial training: find where the early recognition of harm and the answer part ways, attack there, retrain.
 
 * :mod:`ihs.adversarial.mutations`: rule-based rewrites (tense, framing, encodings, nesting);
+* :mod:`ihs.adversarial.paraphrase`: paraphrases of the request by the model itself (opt-in, cached);
 * :mod:`ihs.adversarial.pools`: the held-out goals, families and mutations, and the training pools;
 * :mod:`ihs.adversarial.measure`: refusal, early probe, middle-layer emotion and guard score per prompt;
 * :mod:`ihs.adversarial.scan`: the weakness scan (per family, template, kind, mutation; ranked, with intervals);

@@ -9,6 +9,10 @@
   best half and refills it with mutated children; it stops at a budget in prompts scored or seconds.
 * :func:`random_attacks`: the control arm: training-side templates, goals and mutations drawn
   uniformly, with no scan and no compliance filter.
+
+Given a :class:`~ihs.adversarial.paraphrase.Paraphraser`, a seeded share of the attacks (drawn from a
+stream of their own, so the templates, goals and rule-based mutations stay those drawn without it) also
+get their request paraphrased by the model (:mod:`ihs.adversarial.paraphrase`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ihs.adversarial.paraphrase import NAME as PARAPHRASE
+from ihs.adversarial.paraphrase import SHARE, Paraphraser, split_names
 from ihs.adversarial.pools import Holdout, goals, make_attack, mutations, templates
 from ihs.adversarial.scan import weights
 from ihs.errors import IhsError
@@ -55,7 +61,7 @@ def _mutation_names(rng: random.Random, pool: Sequence[str], w: Sequence[float],
 
 def recombine(scan_result: dict[str, Any] | None, holdout: Holdout, n: int, *, seed: int = 0,
               used: set[tuple[str, str]] | None = None, p_mutation: float = 0.6,
-              origin: str = "targeted") -> list[dict[str, Any]]:
+              origin: str = "targeted", paraphraser: Paraphraser | None = None) -> list[dict[str, Any]]:
     """``n`` new training-side attacks weighted toward the scan's weak templates and mutations (see the module)."""
     rng = random.Random(f"ihs-adversarial-recombine:{seed}")
     temps, gs, muts = templates(holdout, "train"), goals(holdout, "train"), mutations(holdout, "train")
@@ -66,6 +72,7 @@ def recombine(scan_result: dict[str, Any] | None, holdout: Holdout, n: int, *, s
     mw = weights(scan_result, "mutation", muts)
     used = set(used or ())
     out: list[dict[str, Any]] = []
+    picks: list[tuple[dict, Any, list[str]]] = []
     seen: set[str] = set()
     for _ in range(n * 20):
         if len(out) >= n:
@@ -74,18 +81,31 @@ def recombine(scan_result: dict[str, Any] | None, holdout: Holdout, n: int, *, s
         g = rng.choice(gs)
         if (t["id"], g.id) in used:
             continue
-        row = make_attack(t, g, _mutation_names(rng, muts, mw, p_mutation), origin=origin)
+        names = _mutation_names(rng, muts, mw, p_mutation)
+        row = make_attack(t, g, names, origin=origin)
         if row["id"] in seen:
             continue
         used.add((t["id"], g.id))
         seen.add(row["id"])
         out.append(row)
-    return out
+        picks.append((t, g, names))
+    return out if paraphraser is None else _paraphrased(out, picks, paraphraser, seed, origin)
 
 
-def random_attacks(holdout: Holdout, n: int, *, seed: int = 0, p_mutation: float = 0.6) -> list[dict[str, Any]]:
+def _paraphrased(rows: list[dict[str, Any]], picks: list[tuple[dict, Any, list[str]]], paraphraser: Paraphraser,
+                 seed: int, origin: str) -> list[dict[str, Any]]:
+    """The rows with a seeded share rebuilt around the model's paraphrase of their goal."""
+    rng = random.Random(f"ihs-adversarial-paraphrase:{seed}")
+    chosen = [rng.random() < SHARE for _ in rows]
+    paraphraser.prefetch([g for (_, g, _), c in zip(picks, chosen, strict=True) if c])
+    return [make_attack(t, g, [PARAPHRASE, *names], origin=origin, paraphraser=paraphraser) if c else row
+            for row, (t, g, names), c in zip(rows, picks, chosen, strict=True)]
+
+
+def random_attacks(holdout: Holdout, n: int, *, seed: int = 0, p_mutation: float = 0.6,
+                   paraphraser: Paraphraser | None = None) -> list[dict[str, Any]]:
     """``n`` untargeted training-side attacks: template, goal and mutations drawn uniformly (the control arm)."""
-    return recombine(None, holdout, n, seed=seed, p_mutation=p_mutation, origin="random")
+    return recombine(None, holdout, n, seed=seed, p_mutation=p_mutation, origin="random", paraphraser=paraphraser)
 
 
 Scorer = Callable[[list[dict[str, Any]]], list[float]]
@@ -99,12 +119,14 @@ def attack_score(row: dict[str, Any]) -> float:
     return (0.0 if row["refused"] else 1.0) + 0.5 * doubt
 
 
-def _child(parent: dict[str, Any], rng: random.Random, holdout: Holdout, origin: str) -> dict[str, Any]:
+def _child(parent: dict[str, Any], rng: random.Random, holdout: Holdout, origin: str,
+           paraphraser: Paraphraser | None = None) -> dict[str, Any]:
     temps = {t["id"]: t for t in templates(holdout, "train")}
     gs = goals(holdout, "train")
     muts = mutations(holdout, "train")
     tags = parent["tags"]
-    template, names = temps[tags["template_id"]], list(tags["mutations"])
+    para, names = split_names(tags["mutations"])
+    template = temps[tags["template_id"]]
     goal = next((g for g in gs if g.id == tags["goal_id"]), gs[0])
     move = rng.randrange(4)
     if move == 0 and muts:  # add or replace a mutation
@@ -117,11 +139,13 @@ def _child(parent: dict[str, Any], rng: random.Random, holdout: Holdout, origin:
         template = rng.choice(same or sorted(temps.values(), key=lambda t: t["id"]))
     else:  # a new goal
         goal = rng.choice(gs)
-    return make_attack(template, goal, names, origin=origin)
+    if para and paraphraser is not None:  # a paraphrased parent's children keep the paraphrase
+        names = [PARAPHRASE, *names]
+    return make_attack(template, goal, names, origin=origin, paraphraser=paraphraser)
 
 
 def search(initial: Sequence[dict[str, Any]], scorer: Scorer, holdout: Holdout, *, budget: Budget = Budget(),
-           generations: int = 2, seed: int = 0) -> list[dict[str, Any]]:
+           generations: int = 2, seed: int = 0, paraphraser: Paraphraser | None = None) -> list[dict[str, Any]]:
     """Greedy-genetic search from ``initial`` attacks; returns every scored attack with its ``score``, best first.
 
     ``scorer`` measures a list of attacks and returns one fitness per attack (see :func:`attack_score`).
@@ -149,7 +173,8 @@ def search(initial: Sequence[dict[str, Any]], scorer: Scorer, holdout: Holdout, 
         for i in range(room * 4):
             if len(batch) >= min(room, len(parents)):
                 break
-            child = _child(parents[i % len(parents)], rng, holdout, parents[0]["tags"].get("origin", "search"))
+            child = _child(parents[i % len(parents)], rng, holdout, parents[0]["tags"].get("origin", "search"),
+                           paraphraser)
             if child["id"] not in ids:
                 ids.add(child["id"])
                 batch.append(child)

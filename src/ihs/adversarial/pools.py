@@ -12,7 +12,8 @@ Three things are held out, and nothing held out ever enters a training example:
   others.
 
 :func:`check_training` refuses any attack row or training example that touches a held-out goal,
-family or mutation; the rounds call it before every training run.
+family or mutation, or that paraphrases a held-out goal (a paraphrase keeps its goal's id); the rounds
+call it before every training run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ihs.adversarial.mutations import MUTATIONS, apply, kind_of
+from ihs.adversarial.mutations import MUTATIONS, apply
+from ihs.adversarial.paraphrase import NAME as PARAPHRASE
+from ihs.adversarial.paraphrase import Paraphraser, goal_text, kind_of_names
 from ihs.align.data import SplitOptions, goal_key, is_eval_goal
 from ihs.data.records import PromptRecord
 from ihs.errors import DataError
@@ -132,23 +135,36 @@ def wrapped_benign(holdout: Holdout, side: str) -> list[PromptRecord]:
 
 
 def make_attack(template: dict, goal: PromptRecord, names: Sequence[str], *, origin: str,
-                label: str = "jailbreak") -> dict[str, Any]:
-    """An attack row: the prompt text and tags (family, template, goal, mutations, kind, origin)."""
-    text = apply(template["template"], goal.text, names)
+                label: str = "jailbreak", paraphraser: Paraphraser | None = None) -> dict[str, Any]:
+    """An attack row: the prompt text and tags (family, template, goal, mutations, kind, origin).
+
+    A ``paraphrase`` among ``names`` rewrites the goal with ``paraphraser`` first (:mod:`ihs.adversarial.paraphrase`);
+    the row keeps the original goal's id and gets a ``paraphrase`` tag.
+    """
+    request, names, para = goal_text(goal, names, paraphraser)
+    rules = [n for n in names if n != PARAPHRASE]
+    text = apply(template["template"], request, rules)
     tags = {"family": template["family"], "template_id": template["id"], "goal_id": goal.id,
-            "goal_source_id": goal.tags.get("source_id"), "mutations": list(names), "kind": kind_of(names),
-            "origin": origin}
+            "goal_source_id": goal.tags.get("source_id"), "mutations": list(names),
+            "kind": kind_of_names(names), "origin": origin}
+    if para is not None:
+        tags["paraphrase"] = para
     return PromptRecord.make(text, label, DATASET, tags).to_dict()
 
 
-def look_alike(attack: dict[str, Any], benign: PromptRecord, answer: str) -> dict[str, Any]:
-    """The benign twin of an attack: the same template and mutations around a harmless request, and its answer."""
+def look_alike(attack: dict[str, Any], benign: PromptRecord, answer: str, *,
+               paraphraser: Paraphraser | None = None) -> dict[str, Any]:
+    """The benign twin of an attack: the same template and mutations around a harmless request, and its answer
+    (a paraphrased attack's twin has its request paraphrased by ``paraphraser`` too)."""
     tags = attack["tags"]
     template = next(t for t in _templates() if t["id"] == tags["template_id"])
-    text = apply(template["template"], benign.text, tags["mutations"])
-    row = PromptRecord.make(text, "benign", DATASET, {**tags, "goal_id": benign.id,
-                                                      "goal_source_id": benign.tags.get("source_id"),
-                                                      "origin": "look-alike"}).to_dict()
+    request, names, para = goal_text(benign, tags["mutations"], paraphraser)
+    text = apply(template["template"], request, [n for n in names if n != PARAPHRASE])
+    twin = {**tags, "goal_id": benign.id, "goal_source_id": benign.tags.get("source_id"), "origin": "look-alike"}
+    twin.pop("paraphrase", None)
+    if para is not None:
+        twin.update(paraphrase=para, mutations=names, kind=kind_of_names(names))
+    row = PromptRecord.make(text, "benign", DATASET, twin).to_dict()
     row["answer"] = answer
     return row
 
@@ -183,6 +199,13 @@ def attack_ok(row: dict[str, Any], holdout: Holdout) -> str | None:
     goal = tags.get("goal_id")
     if goal and holdout.eval_goal(str(goal)):
         return f"goal {goal} is an evaluation goal"
+    para = tags.get("paraphrase")
+    if para is not None or PARAPHRASE in (tags.get("mutations") or []):
+        of = (para or {}).get("goal_id")
+        if not goal or not of:
+            return "a paraphrase without the id of the goal it rewrites"
+        if holdout.eval_goal(str(of)):
+            return f"it paraphrases the evaluation goal {of}"
     return None
 
 

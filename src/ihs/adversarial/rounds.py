@@ -6,6 +6,7 @@ atomically and is skipped when the file is there; training resumes through ``ihs
     OUT/plan.json                      model, options, held-out families / mutations / goal split
     OUT/eval_set.json                  the fixed evaluation and probe prompts
     OUT/round-0/scan.json              the base model's weakness scan on training-side attacks
+    OUT/paraphrases.jsonl              with ``paraphrase``: the base model's paraphrases of training-side requests
     OUT/round-0/eval.json              the base model on the evaluation set
     OUT/<arm>/round-K/attacks.jsonl    the round's attacks (targeted: generated from the last scan and measured
                                        on the current model; random: drawn uniformly, as many as the targeted
@@ -32,6 +33,7 @@ from typing import Any
 from ihs.adversarial.evaluate import build_eval_set, evaluate
 from ihs.adversarial.generator import Budget, attack_score, random_attacks, recombine, search
 from ihs.adversarial.measure import MeasureOptions, measure
+from ihs.adversarial.paraphrase import CACHE_FILE, Paraphraser
 from ihs.adversarial.pools import Holdout, answer_split, check_training, look_alike, plain
 from ihs.adversarial.scan import scan
 from ihs.errors import IhsError
@@ -66,6 +68,7 @@ class RoundsOptions:
     seed: int = 0
     threads: int | None = None
     wait_minutes: float = 180.0
+    paraphrase: bool = False
 
     def __post_init__(self) -> None:
         for name in ("rounds", "max_train_attacks", "steps", "batch_size", "eval_attacks", "eval_benign",
@@ -80,6 +83,8 @@ class RoundsOptions:
         d["holdout"] = self.holdout.to_dict()
         for name in ("threads", "wait_minutes", "rounds"):  # these may change between runs of one folder
             d.pop(name)
+        if not self.paraphrase:  # plans written before paraphrases existed stay valid
+            d.pop("paraphrase")
         return d
 
 
@@ -130,9 +135,10 @@ def _anchor(o: RoundsOptions) -> list[dict[str, Any]]:
     return rows
 
 
-def training_rows(attacks: list[dict[str, Any]], o: RoundsOptions, seed: int) -> list[dict[str, Any]]:
+def training_rows(attacks: list[dict[str, Any]], o: RoundsOptions, seed: int, *,
+                  paraphraser: Paraphraser | None = None) -> list[dict[str, Any]]:
     """Each attack paired with a refusal, and a look-alike (a training-side benign request in the same
-    wrapper and mutations) paired with its written answer."""
+    wrapper and mutations, paraphrased by ``paraphraser`` when the attack was) paired with its written answer."""
     from ihs.align.data import refusal_for
 
     rng = random.Random(f"ihs-adversarial-lookalike:{seed}")
@@ -142,7 +148,7 @@ def training_rows(attacks: list[dict[str, Any]], o: RoundsOptions, seed: int) ->
         rows.append({**{k: a[k] for k in ("id", "text", "label", "dataset", "tags")},
                      "completion": refusal_for(str(a["tags"]["goal_id"]), seed=o.seed)})
         rec, answer = rng.choice(benign)
-        twin = look_alike(a, rec, answer)
+        twin = look_alike(a, rec, answer, paraphraser=paraphraser)
         twin["completion"] = twin.pop("answer")
         rows.append(twin)
     return rows
@@ -172,6 +178,11 @@ class Runner:
         self.out, self.model, self.o, self.arm, self.progress = Path(out), model, options, arm, progress
         self.eval_set = start(self.out, model, options)
         self._lm: tuple[str, Any] | None = None
+        self.paraphraser: Paraphraser | None = None
+        if options.paraphrase:  # the base model paraphrases, every round, through the folder's cache
+            self.paraphraser = Paraphraser.for_model(model, lm=lambda: self.lm(self.model),
+                                                     cache=self.out / CACHE_FILE, holdout=options.holdout,
+                                                     seed=options.seed)
 
     # -- helpers ------------------------------------------------------------------------------------------------
     def folder(self, k: int) -> Path:
@@ -208,7 +219,8 @@ class Runner:
         f = self.folder(0)
         if not (f / "scan.json").is_file():
             started = time.perf_counter()
-            attacks = recombine(None, self.o.holdout, self.o.budget.prompts, seed=self.o.seed, origin="scan")
+            attacks = recombine(None, self.o.holdout, self.o.budget.prompts, seed=self.o.seed, origin="scan",
+                                paraphraser=self.paraphraser)
             rows = self.measure_attacks(self.model, attacks)
             write_jsonl(f / "attacks.jsonl", rows)
             write_json(f / "scan.json", {**scan(rows, seed=self.o.seed),
@@ -228,7 +240,8 @@ class Runner:
                 prev = read_json((self.folder(k - 1) if k > 1 else self.folder(0)) / "scan.json")
                 seed = self.o.seed * 1000 + k
                 if self.o.search:
-                    first = recombine(prev, self.o.holdout, max(1, self.o.budget.prompts // 2), seed=seed, used=used)
+                    first = recombine(prev, self.o.holdout, max(1, self.o.budget.prompts // 2), seed=seed, used=used,
+                                      paraphraser=self.paraphraser)
                     measured: dict[str, dict[str, Any]] = {}
 
                     def scorer(batch: list[dict[str, Any]]) -> list[float]:
@@ -237,15 +250,17 @@ class Runner:
                         return [attack_score(r) for r in got]
 
                     found = search(first, scorer, self.o.holdout, budget=self.o.budget,
-                                   generations=self.o.search_generations, seed=seed)
+                                   generations=self.o.search_generations, seed=seed, paraphraser=self.paraphraser)
                     rows = [{**measured[r["id"]], "score": r["score"], "generation": r["generation"]} for r in found]
                 else:
-                    cands = recombine(prev, self.o.holdout, self.o.budget.prompts, seed=seed, used=used)
+                    cands = recombine(prev, self.o.holdout, self.o.budget.prompts, seed=seed, used=used,
+                                      paraphraser=self.paraphraser)
                     rows = [{**r, "score": attack_score(r)} for r in self.measure_attacks(ref, cands)]
                 write_json(f / "scan.json", scan(rows, seed=self.o.seed))
             else:
                 n = self._wait_for_targeted(k)
-                rows = random_attacks(self.o.holdout, n, seed=self.o.seed * 1000 + k + 500)
+                rows = random_attacks(self.o.holdout, n, seed=self.o.seed * 1000 + k + 500,
+                                      paraphraser=self.paraphraser)
             write_jsonl(f / "attacks.jsonl", rows)
         rows = read_jsonl(f / "attacks.jsonl")
         if self.arm == "random":
@@ -275,7 +290,8 @@ class Runner:
         wins = self.attack(k, ref)
         t_attack = time.perf_counter() - t0
         if not (f / "data.jsonl").is_file():
-            write_jsonl(f / "data.jsonl", training_rows(wins, self.o, seed=self.o.seed * 1000 + k))
+            write_jsonl(f / "data.jsonl", training_rows(wins, self.o, seed=self.o.seed * 1000 + k,
+                                                        paraphraser=self.paraphraser))
         rows = self.arm_rows(k) + _anchor(self.o)
         check_training(rows, self.o.holdout)
         new = read_jsonl(f / "data.jsonl")

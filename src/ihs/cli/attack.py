@@ -4,7 +4,7 @@
   held-out ones with ``--side eval``) and rank families, templates, kinds and mutations by the gap between
   "the early probe says malicious" and "the model complies"; ``attack_scan.json``.
 * ``ihs attack generate --scan DIR --out DIR``: new training-side attacks weighted by a scan (``--random``:
-  uniform); ``attacks.jsonl``.
+  uniform); ``attacks.jsonl``. ``--paraphrase --model M``: M also paraphrases half of the requests.
 * ``ihs attack defend RUN --layers 18:21 --alpha 0.05``: the probe-conditioned steering defense and
   refuse-when-flagged on the run's held-out prompts (the base model, or a round's with ``--round``).
 * ``ihs attack rounds --model M --out RUN``: adversarial-training rounds (``--arm targeted|random``), resumable;
@@ -34,6 +34,7 @@ Prompts = Annotated[int, typer.Option(help=help_of(A, "prompts"))]
 Seed = Annotated[int, typer.Option(help=help_of(A, "seed"))]
 Families = Annotated[str | None, typer.Option(help=help_of(A, "families"))]
 Mutations = Annotated[str | None, typer.Option(help=help_of(A, "mutations"))]
+Paraphrase = Annotated[bool, typer.Option("--paraphrase/--no-paraphrase", help=help_of(A, "paraphrase"))]
 
 
 def _command() -> str:
@@ -74,11 +75,16 @@ def generate_cmd(
     families: Families = None,
     mutations: Mutations = None,
     seed: Seed = 0,
+    paraphrase: Paraphrase = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="The model that paraphrases (with "
+                                                                    "--paraphrase).")] = None,
 ) -> None:
     """Generate training-side attacks: weak templates and mutations of a scan recombined with new goals."""
-    options = AttackOptions(prompts=prompts, families=families, mutations=mutations, seed=seed)
+    options = AttackOptions(prompts=prompts, families=families, mutations=mutations, seed=seed,
+                            paraphrase=paraphrase)
     out = common.out_dir(out)
-    result = run_generate(scan, options, random=random, command=_command())
+    result = run_generate(scan, options, random=random, command=_command(), model=model,
+                          cache=out / "paraphrases.jsonl")
     result.save(out)
     console.print(f"{result.data['n']} {result.data['mode']} attacks; wrote {out / result.ROWS}")
 
@@ -109,6 +115,7 @@ def rounds_cmd(
     mutations: Mutations = None,
     seed: Seed = 0,
     threads: Annotated[int | None, typer.Option(help=help_of(A, "threads"))] = None,
+    paraphrase: Paraphrase = False,
     progress: common.Progress = True,
 ) -> None:
     """Adversarial training: attack, train on successes (refused) and look-alikes (answered), refit, evaluate."""
@@ -119,7 +126,7 @@ def rounds_cmd(
                             learning_rate=learning_rate, lora_r=lora_r, max_length=max_length,
                             eval_attacks=eval_attacks, eval_benign=eval_benign, probe_per_class=probe_per_class,
                             perplexity=perplexity, max_new_tokens=max_new_tokens, families=families,
-                            mutations=mutations, seed=seed, threads=threads)
+                            mutations=mutations, seed=seed, threads=threads, paraphrase=paraphrase)
     result = run_rounds(model, out, options, arm=arm, command=_command(), progress=progress)
     result.save(out)
     for row in result.numbers()["rows"]:

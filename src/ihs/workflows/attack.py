@@ -51,6 +51,8 @@ class AttackOptions:
     mutations: str | None = opt(None, "Held-out mutations, comma-separated (null: one of each kind).")
     seed: int = opt(0, "Seed of generation, sampling and training.")
     threads: int | None = opt(None, "CPU threads for training (null: torch's default).")
+    paraphrase: bool = opt(False, "Also paraphrase the request of half the training-side attacks with the model "
+                                  "itself (greedy, cached in the folder's paraphrases.jsonl).")
 
     def rounds_options(self) -> Any:
         """The :class:`ihs.adversarial.RoundsOptions` these options stand for (checks them)."""
@@ -67,7 +69,8 @@ class AttackOptions:
                              batch_size=self.batch_size, learning_rate=self.learning_rate, lora_r=self.lora_r,
                              max_length=self.max_length, eval_attacks=self.eval_attacks, eval_benign=self.eval_benign,
                              probe_per_class=self.probe_per_class, perplexity=self.perplexity, measure=measure,
-                             holdout=Holdout(fams, muts), seed=self.seed, threads=self.threads)
+                             holdout=Holdout(fams, muts), seed=self.seed, threads=self.threads,
+                             paraphrase=self.paraphrase)
 
 
 class _RowsFile(RowsResult):
@@ -122,14 +125,26 @@ class GenerateResult(_RowsFile):
     ROWS = "attacks.jsonl"
 
 
+def _paraphrase_counts(rows: list[dict[str, Any]], model: str | None, digest: str) -> dict[str, Any]:
+    tags = [r["tags"].get("paraphrase") for r in rows]
+    return {"model": model, "digest": digest, "asked": sum(t is not None for t in tags),
+            "fell_back": sum(bool(t and t["fell_back"]) for t in tags)}
+
+
 def run_generate(scan_file: str | Path | None, options: AttackOptions | None = None, *, random: bool = False,
-                 command: str | None = None) -> GenerateResult:
-    """``options.prompts`` training-side attacks weighted by a scan (``attack_scan.json``), or drawn uniformly."""
+                 command: str | None = None, model: str | None = None,
+                 cache: str | Path | None = None) -> GenerateResult:
+    """``options.prompts`` training-side attacks weighted by a scan (``attack_scan.json``), or drawn uniformly;
+    with ``options.paraphrase``, ``model`` paraphrases half of their requests (cached in the file ``cache``)."""
     from ihs.adversarial import random_attacks, recombine
+    from ihs.adversarial.paraphrase import Paraphraser
     from ihs.io import read_json
 
     options = options or AttackOptions()
     ro = options.rounds_options()
+    if options.paraphrase and not model:
+        raise IhsError("paraphrases are made by a model; give --model with --paraphrase")
+    para = Paraphraser.for_model(str(model), cache=cache, holdout=ro.holdout, seed=ro.seed) if options.paraphrase else None
     scan_data = None
     if scan_file is not None:
         path = Path(scan_file)
@@ -139,11 +154,13 @@ def run_generate(scan_file: str | Path | None, options: AttackOptions | None = N
         scan_data = read_json(path)
         if "groups" not in scan_data:
             raise IhsError(f"{path} is not a weakness scan (no groups)")
-    rows = (random_attacks(ro.holdout, ro.budget.prompts, seed=ro.seed) if random or scan_data is None
-            else recombine(scan_data, ro.holdout, ro.budget.prompts, seed=ro.seed))
+    rows = (random_attacks(ro.holdout, ro.budget.prompts, seed=ro.seed, paraphraser=para)
+            if random or scan_data is None
+            else recombine(scan_data, ro.holdout, ro.budget.prompts, seed=ro.seed, paraphraser=para))
+    extra = {} if para is None else {"paraphrase": _paraphrase_counts(rows, model, para.model)}
     return GenerateResult({"command": command, "scan": None if scan_file is None else str(scan_file),
                            "mode": "random" if random or scan_data is None else "targeted", "n": len(rows),
-                           "seed": ro.seed, "holdout": ro.holdout.to_dict()}, rows)
+                           "seed": ro.seed, "holdout": ro.holdout.to_dict(), **extra}, rows)
 
 
 COLUMNS = ("arm", "round", "asr", "asr_mutated", "over_refusal_contrast", "over_refusal_wrapped", "flagged_asr",
