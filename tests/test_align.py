@@ -385,3 +385,43 @@ def test_full_fine_tuning_dpo_keeps_a_frozen_reference(base, built, tmp_path):
     trained, original = _weights(result.checkpoints[0][1]), _weights(base)
     assert sum(not torch.equal(trained[k], original[k]) for k in original) > len(original) // 2  # all weights move
     assert json.loads((result.checkpoints[0][1] / "ihs_align.json").read_text())["options"]["lora"] is None
+
+
+def test_centred_association_term_is_scale_free_and_round_trips(tmp_path):
+    """1 - cos(h - c, u) by hand; a huge constant offset in h (gemma's outlier coordinates) leaves the centred
+    term and its gradient unchanged, while it flattens the uncentred one; centres survive save/load."""
+    torch.manual_seed(0)
+    d, layer = 16, 3
+    u = torch.randn(d)
+    u[0] = 0  # the direction does not use the outlier coordinate
+    u = torch.nn.functional.normalize(u, dim=0)
+    offset = torch.zeros(d)
+    offset[0] = 1e4  # one huge, constant coordinate
+    center = offset.clone()
+    h = torch.randn(2, 5, d) + offset
+    positions, malicious = torch.tensor([4, 2]), torch.tensor([1, 0])
+
+    def term_and_grad(directions):
+        x = h.clone().requires_grad_(True)
+        loss = AssociationLoss([], directions, weight=1.0)
+        loss._captured = {layer: x}
+        t = loss(positions, malicious)
+        t.backward()
+        return t.item(), x.grad[0, 4].norm().item()
+
+    centred = Directions("emotion", {layer: u}, {}, {layer: center})
+    plain = Directions("emotion", {layer: u}, {})
+    t_c, g_c = term_and_grad(centred)
+    hand = 1 - torch.nn.functional.cosine_similarity((h[0, 4] - center)[None], u[None]).item()
+    assert abs(t_c - hand) < 1e-5
+    t_p, g_p = term_and_grad(plain)
+    assert abs(t_p - 1) < 1e-3 and g_c > 100 * g_p  # uncentred: cos ~ 0 and a gradient ~ 1 / ||h||
+    centred.save(tmp_path / "a.safetensors")
+    back = Directions.load(tmp_path / "a.safetensors")
+    assert back.layers == [layer] and torch.equal(back.centers[layer], center)
+    assert Directions.load(_save(plain, tmp_path / "b.safetensors")).centers is None
+
+
+def _save(directions, path):
+    directions.save(path)
+    return path

@@ -7,10 +7,15 @@ whether refusal training builds it without being asked). The term acts at chosen
 (block outputs, ihs numbering: 1..L) on the last prompt token, the position every ihs analysis
 reads, and only on malicious rows:
 
-    loss_assoc = mean over malicious rows r and layers l of (1 - cos(h_l[r, last], u_l))
+    loss_assoc = mean over malicious rows r and layers l of (1 - cos(h_l[r, last] - c_l, u_l))
 
 Benign rows contribute nothing, and nothing above the highest chosen layer is touched by it.
-The total loss is ``task loss + weight * loss_assoc``.
+The total loss is ``task loss + weight * loss_assoc``. The centre ``c_l`` is 0 by default; with
+``center=True`` it is the mean last-token state of the training prompts at layer ``l`` (fixed, like
+``u_l``). Centring makes the term scale-free: in models whose residual stream carries a few huge,
+nearly constant coordinates (gemma-3), ``cos(h, u)`` stays near 0 whatever training does and its
+gradient, which scales as ``1 / ||h - c||``, is too small to compete with the language-model loss;
+``cos(h - c, u)`` measures how the prompt's state *departs from the average state* along ``u``.
 
 Targets ``u_l`` are fixed before training, from the base model on *training* prompts only:
 
@@ -51,7 +56,8 @@ TARGETS: tuple[str, ...] = ("emotion", "refusal")
 class AssociationOptions:
     """The auxiliary term: target ``emotion`` or ``refusal``, the layers (``ihs.layers`` grammar;
     None: the middle third, as the lens analyses use), its weight, the emotion lexicon (None:
-    built-in), and how many training prompts estimate the directions."""
+    built-in), how many training prompts estimate the directions, and whether states are centred
+    on the training prompts' mean state before the cosine (see the module)."""
 
     target: str = "emotion"
     layers: str | None = None
@@ -59,6 +65,7 @@ class AssociationOptions:
     lexicon: str | None = None
     max_prompts: int = 256
     batch_size: int = 16
+    center: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -188,6 +195,7 @@ class Directions:
     target: str
     vectors: dict[int, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
+    centers: dict[int, torch.Tensor] | None = None
 
     @property
     def layers(self) -> list[int]:
@@ -197,8 +205,9 @@ class Directions:
         """Write the vectors as safetensors (``layer_<l>`` keys) with target and layers in its metadata."""
         from safetensors.torch import save_file
 
-        save_file({f"layer_{layer}": v.contiguous() for layer, v in self.vectors.items()}, str(path),
-                  metadata={"target": self.target, "layers": ",".join(map(str, self.layers))})
+        tensors = {f"layer_{layer}": v.contiguous() for layer, v in self.vectors.items()}
+        tensors.update({f"center_{layer}": c.contiguous() for layer, c in (self.centers or {}).items()})
+        save_file(tensors, str(path), metadata={"target": self.target, "layers": ",".join(map(str, self.layers))})
 
     @classmethod
     def load(cls, path: str | Path, info: dict[str, Any] | None = None) -> Directions:
@@ -207,8 +216,9 @@ class Directions:
 
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            vectors = {int(k.split("_", 1)[1]): fh.get_tensor(k) for k in fh.keys()}
-        return cls(meta.get("target", "unknown"), vectors, dict(info or {}))
+            vectors = {int(k.split("_", 1)[1]): fh.get_tensor(k) for k in fh.keys() if k.startswith("layer_")}
+            centers = {int(k.split("_", 1)[1]): fh.get_tensor(k) for k in fh.keys() if k.startswith("center_")}
+        return cls(meta.get("target", "unknown"), vectors, dict(info or {}), centers or None)
 
 
 def compute_directions(model: Any, tokenizer: Any, anatomy: Anatomy, prompts: Sequence[Sequence[int]],
@@ -247,7 +257,11 @@ def compute_directions(model: Any, tokenizer: Any, anatomy: Anatomy, prompts: Se
         vectors = emotion_directions(anatomy, reference, neg)
         info["negative_tokens"] = len(neg)
         info["lexicon"] = options.lexicon or "builtin"
-    return Directions(options.target, vectors, info)
+    centers = None
+    if options.center:
+        centers = {layer: s.mean(0) for layer, s in states.items()}
+        info["center"] = "mean last-token state of the chosen training prompts"
+    return Directions(options.target, vectors, info, centers)
 
 
 class AssociationLoss:
@@ -270,7 +284,7 @@ class AssociationLoss:
             yield
 
     def __call__(self, positions: torch.Tensor, malicious: torch.Tensor, rows: int | None = None) -> torch.Tensor:
-        """The unweighted term for the last capture: ``mean(1 - cos(h_l[r, pos_r], u_l))`` over malicious
+        """The unweighted term for the last capture: ``mean(1 - cos(h_l[r, pos_r] - c_l, u_l))`` over malicious
         rows ``r`` (among the first ``rows`` of the batch, when given) and layers ``l``; 0 without any."""
         captured, self._captured = self._captured, {}
         missing = [layer for layer in self.directions.layers if layer not in captured]
@@ -287,6 +301,8 @@ class AssociationLoss:
         terms = []
         for layer in self.directions.layers:
             h = captured[layer][idx, pos]
+            if self.directions.centers is not None:
+                h = h - self.directions.centers[layer].to(h.device, h.dtype)
             u = self.directions.vectors[layer].to(h.device, h.dtype)
             terms.append((1 - F.cosine_similarity(h.float(), u.float()[None, :], dim=-1)).mean())
         return torch.stack(terms).mean()

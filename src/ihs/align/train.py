@@ -265,6 +265,8 @@ def _run_key(options: TrainOptions) -> dict[str, Any]:
     data = asdict(options)
     for name in _RESUMABLE:
         data.pop(name, None)
+    if data.get("association") and not data["association"].get("center"):
+        data["association"].pop("center", None)  # runs made before the option existed keep their key
     return data
 
 

@@ -41,6 +41,7 @@ def _train_command(method: str):
         association: Annotated[str | None, typer.Option(help=help_of(A, "association"))] = None,
         assoc_layers: Annotated[str, typer.Option(help=help_of(A, "assoc_layers"))] = "L/3:L/2",
         assoc_weight: Annotated[float, typer.Option(help=help_of(A, "assoc_weight"))] = 1.0,
+        assoc_center: Annotated[bool, typer.Option(help=help_of(A, "assoc_center"))] = False,
         chat_template: Annotated[str, typer.Option(help=help_of(A, "chat_template"))] = "auto",
         seed: Annotated[int, typer.Option(help=help_of(A, "seed"))] = 0,
         threads: Annotated[int | None, typer.Option(help=help_of(A, "threads"))] = None,
@@ -49,7 +50,7 @@ def _train_command(method: str):
         options = AlignOptions(method=method, data=train_data, steps=steps, save_every=save_every, batch_size=batch_size,
                                learning_rate=learning_rate, max_length=max_length, lora_r=lora_r,
                                lora_alpha=lora_alpha, beta=beta, association=association, assoc_layers=assoc_layers,
-                               assoc_weight=assoc_weight, chat_template=chat_template, seed=seed, threads=threads)
+                               assoc_weight=assoc_weight, assoc_center=assoc_center, chat_template=chat_template, seed=seed, threads=threads)
         result = run_align(model, out, options, progress=progress)
         result.save(out)
         n = result.numbers()

@@ -51,6 +51,8 @@ class AlignOptions:
                                         "emotion directions) or refusal (toward the refusal direction); null: off.")
     assoc_layers: str = opt("L/3:L/2", "Layers of the association term, in the layer grammar.")
     assoc_weight: float = opt(1.0, "Weight of the association term in the loss.")
+    assoc_center: bool = opt(False, "Centre the states on the training prompts' mean state before the cosine "
+                                    "(a scale-free term; see ihs.align.association).")
     chat_template: str = opt("auto", "auto (the model's, else ihs's plain template), model (the model's or an "
                                      "error), ihs (always ihs's).")
     seed: int = opt(0, "Training seed.")
@@ -69,8 +71,8 @@ class AlignOptions:
         from ihs.align import AssociationOptions, LoraOptions, TrainOptions
 
         self.validate()
-        assoc = (AssociationOptions(target=self.association, layers=self.assoc_layers, weight=self.assoc_weight)
-                 if self.association else None)
+        assoc = (AssociationOptions(target=self.association, layers=self.assoc_layers, weight=self.assoc_weight,
+                                    center=self.assoc_center) if self.association else None)
         lora = LoraOptions(r=self.lora_r, alpha=self.lora_alpha) if self.lora_r else None
         return TrainOptions(method=self.method, lora=lora, max_steps=self.steps, save_every=self.save_every,
                             batch_size=self.batch_size, learning_rate=self.learning_rate, max_length=self.max_length,
