@@ -3,7 +3,8 @@
 Each argument is an ``ihs align sft --association ...`` run folder (a few steps at one weight). For each the
 table gives the weight, the association term ``mean(1 - cos)`` at the first and the last logged step, its
 fall, and the task part of the loss (the logged loss minus weight x term) at both ends. The chosen weight is
-the smallest whose term fell by at least ``--min-fall`` (default 0.05): large enough that the term moves the
+the smallest whose term fell by at least ``--min-fall`` (default 0.05), for the raw and the centred cosine
+(``--assoc-center``) apart: large enough that the term moves the
 middle-layer states, no larger. Nothing here reads an evaluation prompt: the logs are of training batches.
 
     .venv/bin/python scripts/align_calibration.py runs/align/calibrate/w* \\
@@ -20,13 +21,14 @@ from pathlib import Path
 def read_run(folder: Path) -> dict:
     """Weight, steps and the term / task loss at the first and last logged step of one run folder."""
     run = json.loads((folder / "run.json").read_text())
-    weight = float(run["key"]["options"]["association"]["weight"])
+    assoc = run["key"]["options"]["association"]
+    weight = float(assoc["weight"])
     rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "assoc_loss" in r and "loss" in r]
     if not rows:
         raise SystemExit(f"{folder}: no step with an association term in log.jsonl")
     first, last = rows[0], rows[-1]
-    return {"run": str(folder), "weight": weight, "steps": int(last["step"]),
+    return {"run": str(folder), "weight": weight, "centred": bool(assoc.get("center")), "steps": int(last["step"]),
             "term_first": first["assoc_loss"], "term_last": last["assoc_loss"],
             "term_min": min(r["assoc_loss"] for r in rows),
             "fall": first["assoc_loss"] - last["assoc_loss"],
@@ -40,22 +42,31 @@ def main() -> None:
     parser.add_argument("--min-fall", type=float, default=0.05)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
-    rows = sorted((read_run(p) for p in args.runs), key=lambda r: r["weight"])
-    chosen = next((r["weight"] for r in rows if r["fall"] >= args.min_fall), None)
-    lines = ["| weight | steps | term, first step | term, last step | fall | task loss, first / last |",
-             "|---|---|---|---|---|---|"]
+    rows = sorted((read_run(p) for p in args.runs), key=lambda r: (r["centred"], r["weight"]))
+    lines = ["| cosine | weight | steps | term, first step | term, last step | fall | task loss, first / last |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['weight']:g} | {r['steps']} | {r['term_first']:.4f} | {r['term_last']:.4f} | "
-                     f"{r['fall']:.4f} | {r['task_first']:.3f} / {r['task_last']:.3f} |")
-    verdict = (f"Chosen weight: {chosen:g} (the smallest whose term fell by at least {args.min_fall})."
-               if chosen is not None else f"No weight made the term fall by {args.min_fall}.")
+        lines.append(f"| {'centred' if r['centred'] else 'raw'} | {r['weight']:g} | {r['steps']} | "
+                     f"{r['term_first']:.4f} | {r['term_last']:.4f} | {r['fall']:.4f} | "
+                     f"{r['task_first']:.3f} / {r['task_last']:.3f} |")
+    verdicts = []
+    for centred in (False, True):
+        group = [r for r in rows if r["centred"] == centred]
+        if not group:
+            continue
+        chosen = next((r["weight"] for r in group if r["fall"] >= args.min_fall), None)
+        name = "centred" if centred else "raw"
+        verdicts.append(f"{name} cosine: chosen weight {chosen:g} (the smallest whose term fell by at least "
+                        f"{args.min_fall})." if chosen is not None else
+                        f"{name} cosine: no weight made the term fall by {args.min_fall}.")
+    verdict = " ".join(verdicts)
     text = "\n".join(lines) + "\n\n" + verdict + "\n"
     print(text)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text("# Association weight, calibrated on training batches\n\n"
                                  "`STAGES=calibrate bash scripts/make_alignment_results.sh` (6 steps per weight, "
-                                 "gemma-3-270m, blocks L/3:L/2, emotion target)\n\n" + text)
+                                 "gemma-3-270m, blocks L/3:L/2, emotion target; raw: 1 - cos(h, u), centred: 1 - cos(h - mean state, u))\n\n" + text)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,14 @@
 #   train-sft    LoRA SFT (refusals for training-side malicious goals, ihs's written answers for benign ones)
 #   train-assoc  the same with the association term (emotion directions, blocks L/3..L/2, weight 1)
 #   train-dpo    DPO on the same prompts (chosen: refusal / answer; rejected: compliant opening / refusal)
-#   calibrate    the association weight, chosen on training prompts only: 6 steps of SFT + association at
-#                each weight of CAL_WEIGHTS (default 10 100 1000); scripts/align_calibration.py reads each
-#                run's trainer log (the term at steps 1 and 6, the task loss) into
+#   calibrate    the association term's setting, chosen on training batches only: 6 steps of SFT + association
+#                at each weight of CAL_WEIGHTS (default 10 100 1000) with the raw cosine, and of CAL_CENTRED
+#                (default 1 10) with the centred one (--assoc-center); scripts/align_calibration.py reads
+#                each run's trainer log (the term at steps 1 and 6, the task loss) into
 #                benchmarks/results/align_calibration.md
-#   train-assoc-strong   SFT + association at ASSOC_WEIGHT (the smallest calibrated weight whose term fell by
-#                at least 0.05 within 6 steps), otherwise as train-assoc; runs/align/assoc-w<weight>
+#   train-assoc-strong   SFT + association at ASSOC_WEIGHT, centred when ASSOC_CENTER=1 (the calibrated
+#                setting: the smallest weight whose term fell by at least 0.05 within 6 steps), otherwise as
+#                train-assoc; runs/align/assoc-c<weight> (or assoc-w<weight> uncentred)
 #   train-smollm2  the same plain LoRA SFT on SmolLM2-135M-Instruct (an instruct model, weakly aligned:
 #                strengthened rather than aligned from scratch); runs/align/smollm2-sft
 #   track-sft, track-assoc, track-dpo, track-smollm2   `ihs align track` of every checkpoint (step 0 measured once:
@@ -36,7 +38,9 @@ TRACK=(--per-class 24 --max-new-tokens 20)
 BASE_TRACK=${BASE_TRACK:-$OUT/gemma-sft-track}
 ASSOC_WEIGHT=${ASSOC_WEIGHT:-100}
 CAL_WEIGHTS=${CAL_WEIGHTS:-"10 100 1000"}
-STRONG=assoc-w${ASSOC_WEIGHT}
+CAL_CENTRED=${CAL_CENTRED:-"1 10"}
+ASSOC_CENTER=${ASSOC_CENTER:-1}   # 1: the strong run uses the centred term (--assoc-center)
+STRONG=assoc-$([[ $ASSOC_CENTER == 1 ]] && echo c || echo w)${ASSOC_WEIGHT}
 STAGES=${STAGES:-"train-sft train-assoc train-dpo calibrate train-assoc-strong track-sft track-assoc track-dpo
 track-assoc-strong claims"}
 read -r -a RUNNER <<< "${RUN:-env OMP_NUM_THREADS=1 nice -n 10}"
@@ -67,16 +71,19 @@ for stage in $STAGES; do
     train-dpo)
       "${RUNNER[@]}" .venv/bin/ihs align dpo "${TRAIN[@]}" --out "$OUT/dpo" --no-progress ;;
     calibrate)
-      for w in $CAL_WEIGHTS; do
-        [[ -f $OUT/calibrate/w$w/align_run.json ]] || "${RUNNER[@]}" .venv/bin/ihs align sft --model "$MODEL" \
-          --steps 6 --save-every 1000 --threads 1 --out "$OUT/calibrate/w$w" --association emotion \
-          --assoc-layers L/3:L/2 --assoc-weight "$w" --no-progress
-        rm -rf "$OUT/calibrate/w$w/checkpoints" "$OUT/calibrate/w$w/trainer"  # weights are not needed
+      # wW: the term as first built (cosine of the raw state); cW: centred on the training prompts' mean state
+      for run in $(for w in $CAL_WEIGHTS; do echo "w$w"; done) $(for w in $CAL_CENTRED; do echo "c$w"; done); do
+        center=(); [[ $run == c* ]] && center=(--assoc-center)
+        [[ -f $OUT/calibrate/$run/align_run.json ]] || "${RUNNER[@]}" .venv/bin/ihs align sft --model "$MODEL" \
+          --steps 6 --save-every 1000 --threads 1 --out "$OUT/calibrate/$run" --association emotion \
+          --assoc-layers L/3:L/2 --assoc-weight "${run:1}" "${center[@]}" --no-progress
+        rm -rf "$OUT/calibrate/$run/checkpoints" "$OUT/calibrate/$run/trainer"  # weights are not needed
       done
-      .venv/bin/python scripts/align_calibration.py "$OUT"/calibrate/w* --markdown benchmarks/results/align_calibration.md ;;
+      .venv/bin/python scripts/align_calibration.py "$OUT"/calibrate/* --markdown benchmarks/results/align_calibration.md ;;
     train-assoc-strong)
       "${RUNNER[@]}" .venv/bin/ihs align sft "${TRAIN[@]}" --out "$OUT/$STRONG" --association emotion \
-        --assoc-layers L/3:L/2 --assoc-weight "$ASSOC_WEIGHT" --no-progress ;;
+        --assoc-layers L/3:L/2 --assoc-weight "$ASSOC_WEIGHT" $([[ $ASSOC_CENTER == 1 ]] && echo --assoc-center) \
+        --no-progress ;;
     track-assoc-strong) track "$STRONG" ;;
     train-smollm2)
       "${RUNNER[@]}" .venv/bin/ihs align sft --model smollm2-135m-instruct --steps $STEPS --save-every $EVERY \
