@@ -36,13 +36,13 @@ EVERY=10
 TRACK=(--per-class 24 --max-new-tokens 20)
 # the tracked step 0 of the base model (measured once, with the same options, in an earlier SFT run's tracking)
 BASE_TRACK=${BASE_TRACK:-$OUT/gemma-sft-track}
-ASSOC_WEIGHT=${ASSOC_WEIGHT:-100}
+ASSOC_WEIGHT=${ASSOC_WEIGHT:-10}   # the calibrated weight (benchmarks/results/align_calibration.md)
 CAL_WEIGHTS=${CAL_WEIGHTS:-"10 100 1000"}
 CAL_CENTRED=${CAL_CENTRED:-"1 10"}
 ASSOC_CENTER=${ASSOC_CENTER:-1}   # 1: the strong run uses the centred term (--assoc-center)
 STRONG=assoc-$([[ $ASSOC_CENTER == 1 ]] && echo c || echo w)${ASSOC_WEIGHT}
-STAGES=${STAGES:-"train-sft train-assoc train-dpo calibrate train-assoc-strong track-sft track-assoc track-dpo
-track-assoc-strong claims"}
+STAGES=${STAGES:-"train-sft train-assoc train-dpo calibrate train-assoc-strong train-smollm2 track-sft track-assoc
+track-dpo track-assoc-strong track-smollm2 claims"}
 read -r -a RUNNER <<< "${RUN:-env OMP_NUM_THREADS=1 nice -n 10}"
 TRAIN=(--model "$MODEL" --steps $STEPS --save-every $EVERY --threads 1)
 mkdir -p "$OUT"
@@ -98,6 +98,7 @@ for stage in $STAGES; do
         assoc="$OUT/assoc-track:$OUT/assoc/align_run.json" \
         dpo="$OUT/dpo-track:$OUT/dpo/align_run.json" \
         "$STRONG=$OUT/$STRONG-track:$OUT/$STRONG/align_run.json" \
+        smollm2-sft="$OUT/smollm2-sft-track:$OUT/smollm2-sft/align_run.json" \
         --out benchmarks/results/align_claims.json --markdown benchmarks/results/align_claims.md \
         --figures docs/figures ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
