@@ -26,6 +26,8 @@
 #                strengthened rather than aligned from scratch); runs/align/smollm2-sft
 #   track-sft, track-assoc, track-dpo, track-smollm2   `ihs align track` of every checkpoint (step 0 measured once:
 #                every run's step 0 is the base model, identical weights, reused through --reuse)
+#   tuned-lens   scripts/align_tuned_lens.py: claim 2 under a tuned lens trained once on gemma's step 0 (training-side
+#                prompts) and applied to steps 0, 10 and 40 of the plain SFT and the calibrated association runs
 #   claims       scripts/align_claims.py: tables, claim 4 (Spearman + bootstrap), figures
 set -euo pipefail
 
@@ -42,7 +44,7 @@ CAL_CENTRED=${CAL_CENTRED:-"1 10"}
 ASSOC_CENTER=${ASSOC_CENTER:-1}   # 1: the strong run uses the centred term (--assoc-center)
 STRONG=assoc-$([[ $ASSOC_CENTER == 1 ]] && echo c || echo w)${ASSOC_WEIGHT}
 STAGES=${STAGES:-"train-sft train-assoc train-dpo calibrate train-assoc-strong train-smollm2 track-sft track-assoc
-track-dpo track-assoc-strong track-smollm2 claims"}
+track-dpo track-assoc-strong track-smollm2 tuned-lens claims"}
 read -r -a RUNNER <<< "${RUN:-env OMP_NUM_THREADS=1 nice -n 10}"
 TRAIN=(--model "$MODEL" --steps $STEPS --save-every $EVERY --threads 1)
 mkdir -p "$OUT"
@@ -89,6 +91,12 @@ for stage in $STAGES; do
       "${RUNNER[@]}" .venv/bin/ihs align sft --model smollm2-135m-instruct --steps $STEPS --save-every $EVERY \
         --threads 1 --out "$OUT/smollm2-sft" --no-progress ;;
     track-smollm2) track smollm2-sft ;;
+    tuned-lens)
+      for name in sft "$STRONG"; do
+        until [[ -f $OUT/$name/align_run.json ]] && grep -q "\"steps\": $STEPS," "$OUT/$name/align_run.json"; do sleep 30; done
+        "${RUNNER[@]}" .venv/bin/python scripts/align_tuned_lens.py "$OUT/$name" --steps 0,10,$STEPS \
+          --lens "$OUT/tuned-lens-gemma" --out "benchmarks/results/align_tuned_lens_$name.json"
+      done ;;
     track-sft) track sft ;;
     track-assoc) track assoc ;;
     track-dpo) track dpo ;;
