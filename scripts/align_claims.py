@@ -121,14 +121,14 @@ def update_ratio(base: str, first: str, other: str) -> float | None:
     return (num / den) ** 0.5 if den > 0 else None
 
 
-def loss_summary(run_dir: str | None) -> dict:
-    """From a run's ``log.jsonl``: the task loss (the association term taken out) averaged over the first and the
+def loss_summary(run_dir: str | None, weight: float = 1.0) -> dict:
+    """From a run's ``log.jsonl``: the task loss (``weight`` x the association term taken out) averaged over the first and the
     last 10 logged steps, and the association term's first, last, lowest and highest value."""
     path = Path(run_dir or "") / "log.jsonl"
     if not run_dir or not path.is_file():
         return {}
     rows = [r for r in read_jsonl(path) if r.get("loss") is not None]
-    task = [r["loss"] - (r.get("assoc_loss") or 0.0) for r in rows]
+    task = [r["loss"] - weight * (r.get("assoc_loss") or 0.0) for r in rows]
     term = [r["assoc_loss"] for r in rows if r.get("assoc_loss")]  # 0 on a batch without malicious rows
     out = {"task_loss_first10": float(np.mean(task[:10])), "task_loss_last10": float(np.mean(task[-10:])),
            "steps_logged": len(rows)}
@@ -170,7 +170,7 @@ def load_run(name: str, track_dir: Path, summary: Path | None) -> dict:
             "loss_first": info.get("loss_first"), "loss_last": info.get("loss_last"),
             "track_peak_rss_mib": track.get("peak_rss_mib"),
             "method_trained": (info.get("options") or {}).get("method") or info.get("method"),
-            "losses": loss_summary(info.get("run_dir")),
+            "losses": loss_summary(info.get("run_dir"), float((info.get("options") or {}).get("assoc_weight") or 1.0)),
             "association_trained": info.get("association"), "base_model": info.get("model")}
 
 
