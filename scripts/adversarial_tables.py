@@ -61,8 +61,14 @@ def main() -> None:
               f"{s['total']:.0f} |")
     defense = summary.get("defense") or summary["base"].get("defense")
     if defense:
-        print("\nDefenses of the base model on the same held-out prompts:\n")
-        print(json.dumps(defense, indent=1)[:3000])
+        print(f"\nDefenses of the base model on the same held-out prompts (steering at layers {defense['layers']}, "
+              f"alpha {defense['alpha']}; guard at layer {defense['guard_layer']}, out-of-fold AUROC "
+              f"{defense['guard_oof_auroc']:.2f}):\n")
+        print("| variant | held-out ASR | over-refusal contrast | over-refusal wrapped | attacks flagged |\n"
+              "|---|---|---|---|---|")
+        for name, v in defense["variants"].items():
+            print(f"| {name} | {rate(v['asr'])} | {rate(v['over_refusal_contrast'])} | "
+                  f"{rate(v['over_refusal_wrapped'])} | {rate(v['flagged_attacks'])} |")
 
 
 if __name__ == "__main__":
