@@ -172,3 +172,11 @@ def test_the_run_step_summarises_a_rounds_folder(interrupted_run, tmp_path):
     assert AttackResult.load(tmp_path / "step").numbers() == summarise(out).numbers()
     with pytest.raises(Skip, match="run_dir is not set"):
         step.run(Ctx(None), tmp_path / "none")
+
+
+def test_zero_rounds_measure_the_base_model_only(base, tmp_path):
+    out = tmp_path / "r0"
+    assert Runner(out, str(base), OPTIONS, progress=False).run(0) == []
+    assert (out / "round-0" / "eval.json").is_file() and not (out / "targeted" / "round-1").exists()
+    with pytest.raises(IhsError, match="rounds must be 0 or more"):
+        Runner(out, str(base), OPTIONS, progress=False).run(-1)

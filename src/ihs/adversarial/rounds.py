@@ -325,11 +325,15 @@ class Runner:
         return done
 
     def run(self, rounds: int | None = None) -> list[dict[str, Any]]:
-        """Round 0 (targeted arm) then rounds 1..``rounds``; finished rounds are read back, not redone."""
+        """Round 0 (targeted arm) then rounds 1..``rounds`` (None: the options' count; 0: round 0 only);
+        finished rounds are read back, not redone."""
+        rounds = self.o.rounds if rounds is None else rounds
+        if rounds < 0:
+            raise IhsError(f"rounds must be 0 or more, got {rounds}")
         if self.arm == "targeted":
             self.round0()
         out = []
-        for k in range(1, (rounds or self.o.rounds) + 1):
+        for k in range(1, rounds + 1):
             done = self.run_round(k)
             console.print(f"{self.arm} round {k}: {done['attacks_added']} attacks added, "
                           f"{done['seconds']['total']} s")
