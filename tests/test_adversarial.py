@@ -139,7 +139,8 @@ def test_bad_options_are_one_line_errors():
              (lambda: Holdout(families=tuple({t["family"] for t in templates(Holdout(families=()), "train")})),
               "every jailbreak family is held out"),
              (lambda: Holdout(mutations=("shout",)), "unknown mutation"),
-             (lambda: RoundsOptions(rounds=0), "rounds must be at least 1"),
+             (lambda: RoundsOptions(rounds=-1), "rounds must be 0 or more"),
+             (lambda: RoundsOptions(steps=0), "steps must be at least 1"),
              (lambda: Budget(prompts=0), "prompt budget"),
              (lambda: Budget(minutes=0), "minute budget")]
     for make, message in cases:

@@ -180,3 +180,6 @@ def test_zero_rounds_measure_the_base_model_only(base, tmp_path):
     assert (out / "round-0" / "eval.json").is_file() and not (out / "targeted" / "round-1").exists()
     with pytest.raises(IhsError, match="rounds must be 0 or more"):
         Runner(out, str(base), OPTIONS, progress=False).run(-1)
+    with pytest.raises(IhsError, match="rounds must be 0 or more"):
+        RoundsOptions(rounds=-1)
+    assert RoundsOptions(rounds=0).rounds == 0  # the CLI's --rounds 0

@@ -71,10 +71,11 @@ class RoundsOptions:
     paraphrase: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "max_train_attacks", "steps", "batch_size", "eval_attacks", "eval_benign",
-                     "probe_per_class"):
+        for name in ("max_train_attacks", "steps", "batch_size", "eval_attacks", "eval_benign", "probe_per_class"):
             if int(getattr(self, name)) < 1:
                 raise IhsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if int(self.rounds) < 0:
+            raise IhsError(f"rounds must be 0 or more (0: the base model's round only), got {self.rounds}")
         if self.anchors < 0 or self.perplexity < 0:
             raise IhsError("anchors and perplexity must be 0 or more")
 
