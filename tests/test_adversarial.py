@@ -147,3 +147,10 @@ def test_bad_options_are_one_line_errors():
         with pytest.raises(IhsError, match=message) as err:
             make()
         assert "\n" not in str(err.value)
+
+
+def test_middle_layers_option_reaches_the_measure():
+    from ihs.workflows.attack import AttackOptions
+
+    assert AttackOptions(middle="17:20").rounds_options().measure.middle == "17:20"
+    assert AttackOptions().rounds_options().measure.middle is None

@@ -111,6 +111,7 @@ def rounds_cmd(
     probe_per_class: Annotated[int, typer.Option(help=help_of(A, "probe_per_class"))] = 24,
     perplexity: Annotated[int, typer.Option(help=help_of(A, "perplexity"))] = 12,
     max_new_tokens: Annotated[int, typer.Option(help=help_of(A, "max_new_tokens"))] = 32,
+    middle: Annotated[str | None, typer.Option(help=help_of(A, "middle"))] = None,
     families: Families = None,
     mutations: Mutations = None,
     seed: Seed = 0,
@@ -125,7 +126,7 @@ def rounds_cmd(
                             search=search, anchors=anchors, steps=steps, batch_size=batch_size,
                             learning_rate=learning_rate, lora_r=lora_r, max_length=max_length,
                             eval_attacks=eval_attacks, eval_benign=eval_benign, probe_per_class=probe_per_class,
-                            perplexity=perplexity, max_new_tokens=max_new_tokens, families=families,
+                            perplexity=perplexity, max_new_tokens=max_new_tokens, middle=middle, families=families,
                             mutations=mutations, seed=seed, threads=threads, paraphrase=paraphrase)
     result = run_rounds(model, out, options, arm=arm, command=_command(), progress=progress)
     result.save(out)

@@ -47,6 +47,8 @@ class AttackOptions:
     guard_layer: str = opt("L/2", "Layer of the refitted guard (layer grammar).")
     target_fpr: float = opt(0.05, "Guard threshold: this false-positive rate on benign training prompts.")
     classifier: str = opt("svm", "Early probe of the jailbreak analysis: svm, logreg, mlp, diffmean.")
+    middle: str | None = opt(None, "Layers of the middle-layer emotion share (layer grammar, e.g. 17:20; null: "
+                                   "ceil(L/3)..floor(2L/3)).")
     families: str | None = opt(None, "Held-out jailbreak families, comma-separated (null: ihs's fixed four).")
     mutations: str | None = opt(None, "Held-out mutations, comma-separated (null: one of each kind).")
     seed: int = opt(0, "Seed of generation, sampling and training.")
@@ -62,7 +64,7 @@ class AttackOptions:
         fams = tuple(x.strip() for x in self.families.split(",") if x.strip()) if self.families else EVAL_FAMILIES
         muts = tuple(x.strip() for x in self.mutations.split(",") if x.strip()) if self.mutations else EVAL_MUTATIONS
         measure = MeasureOptions(max_new_tokens=self.max_new_tokens, guard_layer=self.guard_layer,
-                                 target_fpr=self.target_fpr, classifier=self.classifier)
+                                 target_fpr=self.target_fpr, classifier=self.classifier, middle=self.middle)
         return RoundsOptions(rounds=self.rounds, budget=Budget(self.prompts, self.minutes),
                              max_train_attacks=self.max_train_attacks, search=self.search,
                              search_generations=self.search_generations, anchors=self.anchors, steps=self.steps,
