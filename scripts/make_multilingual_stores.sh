@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 11 (Languages): the built-in multilingual parallel set through the zoo models, and greedy answers
+# Languages: the built-in multilingual parallel set through the zoo models, and greedy answers
 # for the refusal rate per language. English + zh, es, fr, sw, bn.
 #   stores:      the first 50 normal + 50 malicious prompts of each language (600 prompts per model;
 #                the set's order spreads any prefix over the categories)
