@@ -74,7 +74,7 @@ def main(root: Path) -> None:
     print("|---" * (3 + len(names)) + "|")
     for fam, row in sorted(fams.items()):
         print(f"| {fam} | {row.get('n')} | " + " | ".join(row.get(n, "-") for n in names) + f" | {row.get('bow', '-')} |")
-    print("\n### Guard vs the model's own refusal, on the same built-in prompts (generation sample of issue 6)\n")
+    print("\n### Guard vs the model's own refusal, on the same built-in prompts (the generation sample of the guard benchmark)\n")
     print("| model | label | n | refused (model) | flagged (guard fitted on paper files) | flagged (guard fitted on built-in, "
           "held-out prompts only): guard / model refused (n) |")
     print("|---|---|---|---|---|---|")
@@ -82,7 +82,7 @@ def main(root: Path) -> None:
         ev = load(root, short, "paper")
         evb = load(root, short, "builtin")
         if not ev or "refusal" not in ev:
-            print(f"| {name} | - | - | no generations (base model, not run in issue 6) | - | - |")
+            print(f"| {name} | - | - | no generations (base model, not generated for) | - | - |")
             continue
         s = next(x for x in ev["sets"] if "builtin" in x["name"])
         same = s.get("same_prompts")
