@@ -41,7 +41,17 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--min-fall", type=float, default=0.05)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--centres", type=Path, help="a centred run's association.safetensors: print how much "
+                        "of each layer's mean state sits in its 5 largest coordinates")
     args = parser.parse_args()
+    if args.centres:
+        from safetensors.torch import load_file
+
+        for key, c in sorted(load_file(str(args.centres)).items()):
+            if key.startswith("center_"):
+                n2 = float((c ** 2).sum())
+                print(f"layer {key[7:]}: ||mean state|| {n2 ** 0.5:.0f}, share of its squared norm in the 5 largest "
+                      f"of {c.numel()} coordinates {float((c ** 2).topk(5).values.sum()) / n2:.3f}")
     rows = sorted((read_run(p) for p in args.runs), key=lambda r: (r["centred"], r["weight"]))
     lines = ["| cosine | weight | steps | term, first step | term, last step | fall | task loss, first / last |",
              "|---|---|---|---|---|---|---|"]
