@@ -49,15 +49,16 @@ read -r -a RUNNER <<< "${RUN:-env OMP_NUM_THREADS=1 nice -n 10}"
 TRAIN=(--model "$MODEL" --steps $STEPS --save-every $EVERY --threads 1)
 mkdir -p "$OUT"
 
+trained() {  # trained NAME: wait until runs/align/NAME has trained all its steps (another job may be training it)
+  until [[ -f $OUT/$1/align_run.json ]] && grep -q "\"steps\": $STEPS," "$OUT/$1/align_run.json"; do sleep 30; done
+}
+
 track() {  # track NAME: every exported checkpoint of runs/align/NAME in one job (some 15 minutes on one thread)
   local name=$1 reuse=() steps
   for dir in "$BASE_TRACK" "$OUT"/sft-track "$OUT"/assoc-track "$OUT"/dpo-track "$OUT/$STRONG-track"; do
     [[ -d $dir && $dir != "$OUT/$name-track" ]] && reuse+=(--reuse "$dir")
   done
-  # wait until the run has trained all its steps (another job may still be training it)
-  until [[ -f $OUT/$name/align_run.json ]] && grep -q "\"steps\": $STEPS," "$OUT/$name/align_run.json"; do
-    sleep 30
-  done
+  trained "$name"
   steps=$(ls "$OUT/$name/checkpoints" | sed -n 's/^step-0*\([0-9][0-9]*\)$/\1/p' | sort -n | paste -sd,)
   "${RUNNER[@]}" .venv/bin/ihs align track "$OUT/$name" --out "$OUT/$name-track" "${TRACK[@]}" \
     --steps "$steps" "${reuse[@]}" --no-progress
@@ -93,7 +94,7 @@ for stage in $STAGES; do
     track-smollm2) track smollm2-sft ;;
     tuned-lens)
       for name in sft "$STRONG"; do
-        until [[ -f $OUT/$name/align_run.json ]] && grep -q "\"steps\": $STEPS," "$OUT/$name/align_run.json"; do sleep 30; done
+        trained "$name"
         "${RUNNER[@]}" .venv/bin/python scripts/align_tuned_lens.py "$OUT/$name" --steps 0,10,$STEPS \
           --lens "$OUT/tuned-lens-gemma" --out "benchmarks/results/align_tuned_lens_$name.json"
       done ;;
