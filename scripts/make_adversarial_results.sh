@@ -13,6 +13,8 @@
 # DEFENSE_LAYERS / DEFENSE_ALPHA: the steering setting `ihs defend sweep` chose on its own tune split
 # (docs/RESULTS.md, "Defense": SmolLM2 18:21 at 0.05, Qwen 13:16 at 0.2); the base model is measured
 # with it and with refuse-when-flagged on the rounds' held-out prompts (round-0/defense.json).
+# MIDDLE: the blocks of the middle-layer emotion share (default: the middle third; Qwen2.5-Coder-0.5B
+# uses 17:20, the blocks where docs/RESULTS.md found its association).
 # Writes benchmarks/results/adversarial_NAME.json and .md (the rounds summary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +26,7 @@ HEAVY=${HEAVY:-}
 IHS=${IHS:-.venv/bin/ihs}
 SIZES="--prompts 32 --max-train-attacks 12 --anchors 8 --steps 10 --batch-size 4 --learning-rate 3e-4 --lora-r 8"
 SIZES+=" --max-length 256 --eval-attacks 32 --eval-benign 16 --probe-per-class 24 --perplexity 12 --max-new-tokens 32"
-SIZES+=" --seed 0 --threads ${THREADS:-1} --no-progress"
+SIZES+=" --seed 0 --threads ${THREADS:-1} --no-progress${MIDDLE:+ --middle $MIDDLE}"
 ROUND="$IHS attack rounds --model $MODEL --out $OUT $SIZES"
 
 # One queued job runs round after round (targeted then random arm) while it has run under JOB_MINUTES
