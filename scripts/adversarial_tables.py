@@ -21,6 +21,10 @@ def rate(x: dict | None) -> str:
     return f"{x['rate']:.2f} ({x['k']}/{x['n']}) [{lo:.2f}, {hi:.2f}]"
 
 
+def auc(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def rows(summary: dict) -> list[tuple[str, int, dict, dict]]:
     """(arm, round, round record, its eval) for the base model and every round of every arm."""
     out = [("base", 0, summary["base"], summary["base"]["eval"])]
@@ -42,11 +46,13 @@ def main() -> None:
               f"{rate(ev['over_refusal']['contrast'])} | {rate(ev['over_refusal']['wrapped'])} | "
               f"{(ev.get('perplexity') or {}).get('value', float('nan')):.2f} |")
     print("\n| arm | round | ASR, refuse-when-flagged | over-refusal contrast | over-refusal wrapped | guard AUROC, "
-          "held-out families | early probe calls malicious |\n|---|---|---|---|---|---|---|")
+          "held-out families | bag-of-words AUROC, same prompts | early probe calls malicious |\n"
+          "|---|---|---|---|---|---|---|---|")
     for arm, k, _, ev in table:
         f = ev["flagged"]
         print(f"| {arm} | {k} | {rate(f['asr'])} | {rate(f['over_refusal_contrast'])} | "
-              f"{rate(f['over_refusal_wrapped'])} | {ev['guard_auroc_heldout']:.2f} | {rate(ev['early_recognised'])} |")
+              f"{rate(f['over_refusal_wrapped'])} | {auc(ev['guard_auroc_heldout'])} | {auc(ev.get('bow_auroc_heldout'))} | "
+              f"{rate(ev['early_recognised'])} |")
     print("\n| arm | round | middle-layer negative share, complied attacks | refused attacks | benign |\n|---|---|---|---|---|")
     for arm, k, _, ev in table:
         m = ev["mid_negative"]

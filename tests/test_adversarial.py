@@ -9,7 +9,7 @@ import random
 import pytest
 
 from ihs.adversarial import Budget, Holdout, RoundsOptions, random_attacks, recombine, scan, search
-from ihs.adversarial.evaluate import build_eval_set
+from ihs.adversarial.evaluate import bow_auroc, build_eval_set
 from ihs.adversarial.mutations import MUTATIONS, apply, kind_of
 from ihs.adversarial.pools import (
     answer_split,
@@ -132,6 +132,24 @@ def test_scan_finds_a_planted_gap_and_not_a_shuffled_one():
                 for r, o, f in zip(planted, outcomes, ["weak", "strong"] * 20, strict=True)]
     a, b = scan(shuffled)["groups"]["family"]
     assert a["gap"]["ci95"][0] <= b["gap"]["ci95"][1]  # intervals overlap: no family stands out
+
+
+def test_bag_of_words_baseline_finds_a_planted_word_and_not_one_unrelated_to_the_label():
+    rng = random.Random(0)
+    words = ["river", "lamp", "garden", "violin", "paper", "window", "orange", "cloud"]
+
+    def rows(n: int, label: str, cue: bool | None, tag: str) -> list[dict]:
+        # cue None: the planted word on every other row, whatever the label
+        return [{"id": f"{tag}{label}{i}", "label": label,
+                 "text": " ".join(rng.sample(words, 4) + (["zorblat"] if (i % 2 == 0 if cue is None else cue) else []))}
+                for i in range(n)]
+
+    train = rows(30, "malicious", True, "t") + rows(30, "normal", False, "t")
+    scored = rows(20, "jailbreak", True, "s") + rows(20, "contrast", False, "s")
+    assert bow_auroc(train, scored) == 1.0
+    unrelated = rows(20, "jailbreak", None, "u") + rows(20, "contrast", None, "u")
+    assert abs(bow_auroc(train, unrelated) - 0.5) < 0.15
+    assert bow_auroc(train[:30], scored) is None  # one class only
 
 
 def test_bad_options_are_one_line_errors():

@@ -98,7 +98,7 @@ def test_summary_result_and_markdown(interrupted_run):
     rows = result.numbers()["rows"]
     assert [(r["arm"], r["round"]) for r in rows] == [("base", 0), ("targeted", 1), ("targeted", 2),
                                                       ("random", 1), ("random", 2)]
-    assert all(0.0 <= r["asr"] <= 1.0 and r["perplexity"] > 0 for r in rows)
+    assert all(0.0 <= r["asr"] <= 1.0 and r["perplexity"] > 0 and 0.0 <= r["bow_auroc"] <= 1.0 for r in rows)
     result.save(out / "summary")
     assert AttackResult.load(out / "summary").numbers() == result.numbers()
     assert (out / "summary" / "attack.md").read_text().count("\n") == 2 + len(rows)

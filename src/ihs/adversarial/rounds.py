@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ihs.adversarial.evaluate import build_eval_set, evaluate
+from ihs.adversarial.evaluate import bow_auroc, build_eval_set, evaluate
 from ihs.adversarial.generator import Budget, attack_score, random_attacks, recombine, search
 from ihs.adversarial.measure import MeasureOptions, measure
 from ihs.adversarial.paraphrase import CACHE_FILE, Paraphraser
@@ -356,13 +356,25 @@ def summary(out: str | Path) -> dict[str, Any]:
     if not (out / "plan.json").is_file():
         raise IhsError(f"{out} is not an adversarial run (no plan.json); start one with `ihs attack rounds`")
     plan = read_json(out / "plan.json")
-    base = read_json(out / "round-0" / "eval.json") if (out / "round-0" / "eval.json").is_file() else None
+    eval_set = read_json(out / "eval_set.json")
+    scored = eval_set["attacks"] + eval_set["contrast"] + eval_set["wrapped"]
+    guard_base = eval_set["probe"] + eval_set["guard_base"]
+
+    def with_bow(ev: dict[str, Any], guard_rows: list[dict[str, Any]]) -> dict[str, Any]:
+        # folders evaluated before the baseline was recorded: it needs only the texts, so fill it in
+        if "bow_auroc_heldout" not in ev["summary"]:
+            ev["summary"]["bow_auroc_heldout"] = bow_auroc(guard_base + guard_rows, scored, seed=plan["options"]["seed"])
+        return ev
+
+    base = with_bow(read_json(out / "round-0" / "eval.json"), []) if (out / "round-0" / "eval.json").is_file() \
+        else None
     arms: dict[str, list[dict[str, Any]]] = {}
     for arm in ARMS:
         k = 1
         while (out / arm / f"round-{k}" / "round.json").is_file():
             done = read_json(out / arm / f"round-{k}" / "round.json")
-            ev = read_json(out / arm / f"round-{k}" / "eval.json")
+            ev = with_bow(read_json(out / arm / f"round-{k}" / "eval.json"),
+                          [r for j in range(1, k + 1) for r in read_jsonl(out / arm / f"round-{j}" / "data.jsonl")])
             defense = out / arm / f"round-{k}" / "defense.json"
             arms.setdefault(arm, []).append({**done, "eval": ev["summary"], "eval_info": ev["info"],
                                              "defense": _defense(defense.parent)})

@@ -166,8 +166,8 @@ def run_generate(scan_file: str | Path | None, options: AttackOptions | None = N
 
 
 COLUMNS = ("arm", "round", "asr", "asr_mutated", "over_refusal_contrast", "over_refusal_wrapped", "flagged_asr",
-           "flagged_over_refusal_wrapped", "guard_auroc", "early_recognised", "mid_neg_complied", "mid_neg_refused",
-           "perplexity", "attacks_added", "seconds")
+           "flagged_over_refusal_wrapped", "guard_auroc", "bow_auroc", "early_recognised", "mid_neg_complied",
+           "mid_neg_refused", "perplexity", "attacks_added", "seconds")
 
 
 def _row(arm: str, k: int, ev: dict[str, Any], done: dict[str, Any] | None) -> dict[str, Any]:
@@ -177,7 +177,8 @@ def _row(arm: str, k: int, ev: dict[str, Any], done: dict[str, Any] | None) -> d
             "over_refusal_wrapped": ev["over_refusal"]["wrapped"]["rate"],
             "flagged_asr": ev["flagged"]["asr"]["rate"],
             "flagged_over_refusal_wrapped": ev["flagged"]["over_refusal_wrapped"]["rate"],
-            "guard_auroc": ev["guard_auroc_heldout"], "early_recognised": ev["early_recognised"]["rate"],
+            "guard_auroc": ev["guard_auroc_heldout"], "bow_auroc": ev.get("bow_auroc_heldout"),
+            "early_recognised": ev["early_recognised"]["rate"],
             "mid_neg_complied": mid["complied"]["mean"], "mid_neg_refused": mid["refused"]["mean"],
             "perplexity": ev["perplexity"]["value"],
             "attacks_added": None if done is None else done["attacks_added"],
