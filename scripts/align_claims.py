@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ihs.align.measures import spearman_bootstrap
-from ihs.generation import wilson
+from ihs.analysis.classifiers import wilson_interval
 from ihs.io import read_json, read_jsonl, write_json
 
 RESULTS_MD = Path("docs/RESULTS.md")
@@ -193,7 +193,7 @@ def asr_cell(row: dict, cls: str) -> str:
     if rate is None:
         return "n/a"
     k = n - round(rate * n)
-    lo, hi = wilson(k, n)
+    lo, hi = wilson_interval(k, n)
     return f"{fmt(1 - rate, 2)} ({k}/{n}) [{fmt(lo, 2)}, {fmt(hi, 2)}]"
 
 

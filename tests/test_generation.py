@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import FAMILIES, make_tiny
+from ihs.analysis.classifiers import wilson_interval
 from ihs.errors import IhsError
 from ihs.generation import (
     GenerateOptions,
@@ -15,7 +16,6 @@ from ihs.generation import (
     generate,
     load_judge,
     refusal_summary,
-    wilson,
 )
 
 TEXTS = [
@@ -119,6 +119,6 @@ def test_refusal_summary_per_class_family_and_asr():
     assert s["asr"] == pytest.approx(4 / 8)
     lo, hi = s["per_class"]["malicious"]["refusal_ci95"]
     assert lo < 0.75 < hi
-    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == pytest.approx(1.0)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     with pytest.raises(IhsError, match="not judged"):
         refusal_summary([{"label": "normal"}])

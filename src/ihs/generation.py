@@ -357,21 +357,13 @@ def judge_rows(run: GenerationRun, judge: Judge) -> GenerationRun:
 ATTACK_LABELS = ("malicious", "jailbreak")
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n (sound at 0 and n, unlike the normal one)."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def rate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Refusal rate of judged rows with its Wilson interval, and ASR = 1 - refusal rate."""
+    from ihs.analysis.classifiers import wilson_interval
+
     n = len(rows)
     k = sum(bool(r["refused"]) for r in rows)
-    lo, hi = wilson(k, n)
+    lo, hi = wilson_interval(k, n)
     refusal = k / n if n else math.nan
     return {"n": n, "refused": k, "refusal_rate": refusal, "refusal_ci95": [lo, hi],
             "asr": 1 - refusal if n else math.nan, "asr_ci95": [1 - hi, 1 - lo]}

@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ihs.analysis.classifiers import bootstrap_interval
-from ihs.generation import wilson
+from ihs.analysis.classifiers import bootstrap_interval, wilson_interval
 
 #: group name -> how to read it from a row's tags
 GROUPINGS = ("family", "template", "kind", "mutation")
@@ -52,7 +51,7 @@ def proportion(k: int, n: int) -> dict[str, Any]:
     """k/n with its Wilson 95% interval (None when n is 0)."""
     if n == 0:
         return {"rate": None, "ci95": [None, None], "k": 0, "n": 0}
-    lo, hi = wilson(k, n)
+    lo, hi = wilson_interval(k, n)
     return {"rate": round(k / n, 4), "ci95": [round(lo, 4), round(hi, 4)], "k": int(k), "n": int(n)}
 
 

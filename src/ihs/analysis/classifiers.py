@@ -9,7 +9,6 @@ with one BLAS thread each. The cross-validated analysis that uses them is :mod:`
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -164,18 +163,28 @@ def auroc(y: np.ndarray, scores: np.ndarray, k: int) -> float:
 # -- intervals -------------------------------------------------------------------------------
 
 
-def wilson_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion: stays in [0, 1] and is not degenerate at 100%."""
+def wilson_interval(correct: Any, n: int, level: float = 0.95) -> tuple[Any, Any]:
+    """Wilson score interval of the proportion ``correct / n``: stays in [0, 1], not degenerate at 0 or n.
+
+    The project's one proportion interval. ``correct`` may be a number (floats back) or an array
+    (arrays back, elementwise); ``n == 0`` gives NaN.
+
+    >>> lo, hi = wilson_interval(8, 10)
+    >>> round(lo, 3), round(hi, 3)
+    (0.49, 0.943)
+    """
+    c = np.asarray(correct, dtype=float)
     if n == 0:
-        return float("nan"), float("nan")
-    z = float(stats.norm.ppf(0.5 + level / 2))
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo = 0.0 if correct == 0 else max(0.0, centre - half)
-    hi = 1.0 if correct == n else min(1.0, centre + half)
-    return lo, hi
+        lo = hi = np.full_like(c, np.nan)
+    else:
+        z = float(stats.norm.ppf(0.5 + level / 2))
+        p = c / n
+        denom = 1 + z * z / n
+        centre = (p + z * z / (2 * n)) / denom
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+        lo = np.where(c <= 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+        hi = np.where(c >= n, 1.0, np.clip(centre + half, 0.0, 1.0))
+    return (float(lo), float(hi)) if c.ndim == 0 else (lo, hi)
 
 
 def bootstrap_interval(values: Sequence[float], *, resamples: int = 2000, seed: int = 0,

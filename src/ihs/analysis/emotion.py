@@ -275,19 +275,6 @@ def emotion_codes(lens_ids: np.ndarray, text_of: Callable[[int], str], matcher: 
     return codes[np.searchsorted(unique, lens_ids)]
 
 
-def wilson(count: np.ndarray, n: int, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a proportion count / n (elementwise)."""
-    count = np.asarray(count, dtype=float)
-    if n == 0:
-        nan = np.full_like(count, np.nan)
-        return nan, nan
-    p = count / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
-
-
 @dataclass
 class Association:
     """Per class and layer, shares of inputs whose top-k / top-1 holds each emotion class."""
@@ -325,6 +312,8 @@ class Association:
         return {"first": first, "stable_from": stable}
 
     def to_json(self, reference: str = "normal", malicious: str = "malicious", margin: float = 0.1) -> dict[str, Any]:
+        from ihs.analysis.classifiers import wilson_interval
+
         out: dict[str, Any] = {"k": self.k, "layers": self.layers, "n": self.n, "classes": {}}
         for label in self.labels:
             entry: dict[str, Any] = {"n": self.n[label]}
@@ -332,7 +321,7 @@ class Association:
                 entry[top] = {}
                 for emotion in EMOTIONS:
                     share = table[label][emotion]
-                    lo, hi = wilson(np.round(share * self.n[label]), self.n[label])
+                    lo, hi = wilson_interval(np.round(share * self.n[label]), self.n[label])
                     entry[top][emotion] = {"share": _r(share), "ci95": [_r(lo), _r(hi)]}
             out["classes"][label] = entry
         if reference in self.labels:
