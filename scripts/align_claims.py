@@ -161,6 +161,7 @@ def load_run(name: str, track_dir: Path, summary: Path | None) -> dict:
             "perplexity": (r.get("perplexity") or {}).get("perplexity"),
             "track_seconds": r.get("seconds"), "track_seconds_parts": r.get("seconds_parts"),
             "refused": refused_flags(track_dir, r),
+            "bow": (track.get("bow") or {}).get("accuracy"),
         })
     return {"track": str(track_dir), "command": track.get("command"), "rows": rows,
             "method": track.get("method"), "association": track.get("association"),
@@ -230,6 +231,7 @@ def markdown(all_runs: dict, claim4: dict, zoo: list[dict], differences: dict, c
         ("perplexity, 24 written benign answers", lambda r: fmt(r["perplexity"], 2)),
         ("probe acc. at L/4 [CI] / shuffled control", lambda r: f"{fmt(r['acc_L4'], 3)} {ci(r['acc_L4_ci'])} / "
                                                               f"{fmt(r['control_L4'], 3)}"),
+        ("bag-of-words, same prompts and folds (text only: one number per run)", lambda r: fmt(r["bow"], 3)),
         ("first layer >= 0.95", lambda r: fmt(r["first_95"])),
         ("peak negative share, malicious (layer) / normal there",
          lambda r: f"{fmt(r['claim2']['peak_malicious'], 2)} ({r['claim2']['peak_layer']}) / "

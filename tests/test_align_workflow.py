@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,8 @@ def test_cli_track_writes_one_row_per_checkpoint(sft_run, tracked):
     assert len(row["lens"]["share"]["negative"]["malicious"]) == len(row["lens"]["layers"])
     table = (out / "align_track.md").read_text().strip().splitlines()
     assert len(table) == 2 + 2  # header, rule, one row per checkpoint
+    assert data["bow"]["n"] == 8 and 0 <= data["bow"]["accuracy"] <= 1  # the text baseline beside the probe
+    assert "bow_accuracy" in table[0]
     for name in ("align_probe.png", "align_lens.png", "align_behaviour.png"):
         assert (out / name).is_file()
     assert (out / "step-000002" / "generate" / "refusal.json").is_file()
@@ -178,6 +181,26 @@ def test_cli_dpo_runs(base, built, tmp_path):
                                    str(data), *FAST[:2], "--save-every", "2", *FAST[4:]])
     assert res.exit_code == 0, res.output
     assert read_json(tmp_path / "run" / "align_run.json")["checkpoints"] == [0, 2]
+
+
+def test_text_baseline_finds_a_planted_word_and_not_one_unrelated_to_the_class():
+    from types import SimpleNamespace
+
+    from ihs.workflows.align import TrackOptions, text_baseline
+
+    rng = random.Random(0)
+    words = ["river", "lamp", "garden", "violin", "paper", "window", "orange", "cloud", "stone", "bread"]
+
+    def records(cue: str) -> dict:
+        def text(i: int, on: bool) -> SimpleNamespace:
+            return SimpleNamespace(text=" ".join(rng.sample(words, 5) + [str(i)] + (["zorblat"] if on else [])))
+        planted = cue == "class"
+        return {"normal": [text(i, not planted and i % 2 == 0) for i in range(20)],
+                "malicious": [text(i, planted or i % 2 == 0) for i in range(20)]}
+
+    found = text_baseline(records("class"), TrackOptions(folds=5))
+    assert found["accuracy"] >= 0.95 and found["n"] == 40
+    assert text_baseline(records("alternate"), TrackOptions(folds=5))["ci_low"] < 0.5
 
 
 def test_spearman_finds_a_planted_order_and_not_noise():

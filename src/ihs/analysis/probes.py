@@ -191,7 +191,7 @@ def probe_store(
     if by_tag:
         result["by"] = by_group(store, rows, y, by_clf, by_tag, layer_list, num_layers)
     if bow:
-        result["bow"] = _bow(texts, rows, y, splits, classes, extra_rows, seed)
+        result["bow"] = bow_on_splits(texts, rows, y, splits, classes, extra_rows, seed)
     result["confound"] = _confound(store, rows, y, classes, result)
     if result["confound"]["warn"]:
         result["warnings"].append(result["confound"]["message"])
@@ -291,7 +291,7 @@ def _convenience_keys(result: dict[str, Any]) -> None:
             entry["jailbreak_called_malicious"] = jail["share"][POSITIVE_LABEL]
 
 
-def _bow(texts: list[str], rows: np.ndarray, y: np.ndarray, splits, classes: list[str],
+def bow_on_splits(texts: Sequence[str], rows: np.ndarray, y: np.ndarray, splits, classes: list[str],
          extra_rows: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
     """The bag-of-words baseline on the raw prompts, on the very same splits as the probes."""
     t = np.asarray([texts[i] for i in rows], dtype=object)

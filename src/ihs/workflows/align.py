@@ -229,6 +229,27 @@ def evaluation_records(per_class: int) -> dict[str, list[Any]]:
     return out
 
 
+def text_baseline(records: dict[str, list[Any]], options: TrackOptions) -> dict[str, Any]:
+    """The bag-of-words baseline beside the tracked probe: normal vs malicious on the same held-out prompts,
+    de-duplicated and split into the same folds as the probe (pooled out-of-fold accuracy, Wilson 95%).
+
+    It reads only the texts, so a tracking has one such number, the same at every checkpoint.
+    """
+    import numpy as np
+
+    from ihs.analysis.probe_cv import dedupe_rows, plan_splits
+    from ihs.analysis.probes import bow_on_splits
+
+    texts = [r.text for c in ("normal", "malicious") for r in records[c]]
+    labels = np.array([c for c in ("normal", "malicious") for _ in records[c]], dtype=object)
+    keep, _ = dedupe_rows(texts, labels)
+    y = np.array([label == "malicious" for label in labels[keep]], dtype=np.int64)
+    splits = plan_splits(y, "cv", options.folds, options.seed, False)[0]
+    out = bow_on_splits([texts[i] for i in keep], np.arange(len(y)), y, splits, ["normal", "malicious"], {},
+                        options.seed)
+    return {k: out[k] for k in ("model", "accuracy", "ci_low", "ci_high")} | {"n": len(y)}
+
+
 class TrackResult(Result):
     """``align_track.json``: one row per checkpoint (probe, lens, TKIC, refusal, ASR, over-refusal, perplexity)."""
 
@@ -241,8 +262,9 @@ class TrackResult(Result):
 
     def numbers(self) -> dict[str, Any]:
         """The flat table: per checkpoint the headline measures (what the figures and the Markdown show)."""
-        return {"run": self.data.get("run_dir"), "method": self.data.get("method"), "rows": [_flat_row(r)
-                                                                                            for r in self.rows]}
+        bow = (self.data.get("bow") or {}).get("accuracy")
+        return {"run": self.data.get("run_dir"), "method": self.data.get("method"),
+                "rows": [{**_flat_row(r), "bow_accuracy": bow} for r in self.rows]}
 
     def markdown(self) -> str:
         """The flat table as Markdown."""
@@ -459,7 +481,7 @@ def run_track(run_dir: str | Path, options: TrackOptions | None = None, *, out: 
     payload = {"command": command, "run_dir": str(run_dir), "method": key.get("options", {}).get("method"),
                "association": key.get("options", {}).get("association"), "base_model": run.get("model"), "options": asdict(options),
                "evaluation": {c: [r.id for r in v] for c, v in records.items()}, "rows": rows,
-               "peak_rss_mib": _peak_rss_mib()}
+               "bow": text_baseline(records, options), "peak_rss_mib": _peak_rss_mib()}
     return TrackResult(payload)
 
 
