@@ -15,7 +15,8 @@
 # with it and with refuse-when-flagged on the rounds' held-out prompts (round-0/defense.json).
 # MIDDLE: the blocks of the middle-layer emotion share (default: the middle third; Qwen2.5-Coder-0.5B
 # uses 17:20, the blocks where docs/RESULTS.md found its association).
-# Writes benchmarks/results/adversarial_NAME.json and .md (the rounds summary).
+# Writes benchmarks/results/adversarial_NAME.json and .md (the rounds summary) and its figure,
+# docs/figures/adversarial_NAME.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-smollm2-135m-instruct}
@@ -51,4 +52,5 @@ $ROUND --arm targeted --rounds "$ROUNDS"
 mkdir -p benchmarks/results
 cp "$OUT/attack.json" "benchmarks/results/adversarial_$NAME.json"
 cp "$OUT/attack.md" "benchmarks/results/adversarial_$NAME.md"
-echo "wrote benchmarks/results/adversarial_$NAME.json and .md"
+cp "$OUT/attack_rounds.png" "docs/figures/adversarial_$NAME.png"
+echo "wrote benchmarks/results/adversarial_$NAME.json and .md, docs/figures/adversarial_$NAME.png"

@@ -102,6 +102,7 @@ def test_summary_result_and_markdown(interrupted_run):
     result.save(out / "summary")
     assert AttackResult.load(out / "summary").numbers() == result.numbers()
     assert (out / "summary" / "attack.md").read_text().count("\n") == 2 + len(rows)
+    assert (out / "summary" / "attack_rounds.png").stat().st_size > 10_000
 
 
 def test_a_folder_refuses_another_run_and_bad_cli_input_is_one_line(interrupted_run, base, tmp_path):

@@ -209,10 +209,16 @@ class AttackResult(Result):
         lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
         return "\n".join(lines) + "\n"
 
-    def save(self, folder: str | Path, **_: Any) -> list[Path]:
+    def save(self, folder: str | Path, *, figures: bool = True, **_: Any) -> list[Path]:
+        """Write attack.json, attack.md and (``figures``, when a round or the base model is there) attack_rounds.png."""
         written = super().save(folder)
         (Path(folder) / "attack.md").write_text(self.markdown(), encoding="utf-8")
-        return [*written, Path(folder) / "attack.md"]
+        written.append(Path(folder) / "attack.md")
+        if figures and (self.data.get("base") or self.data.get("arms")):
+            from ihs.plots.attack import rounds_figure
+
+            written += rounds_figure(self.data, folder, caption=self.data.get("command"))
+        return written
 
 
 def run_rounds(model: str, out: str | Path, options: AttackOptions | None = None, *, arm: str = "targeted",
