@@ -53,11 +53,14 @@ def main() -> None:
         print(f"| {arm} | {k} | {rate(f['asr'])} | {rate(f['over_refusal_contrast'])} | "
               f"{rate(f['over_refusal_wrapped'])} | {auc(ev['guard_auroc_heldout'])} | {auc(ev.get('bow_auroc_heldout'))} | "
               f"{rate(ev['early_recognised'])} |")
-    print("\n| arm | round | middle-layer negative share, complied attacks | refused attacks | benign |\n|---|---|---|---|---|")
+    print("\n| arm | round | middle-layer negative share, complied attacks | refused attacks | benign | refused benign | "
+          "answered benign |\n|---|---|---|---|---|---|---|")
     for arm, k, _, ev in table:
         m = ev["mid_negative"]
-        print(f"| {arm} | {k} | " + " | ".join(f"{m[c]['mean']:.3f} (n={m[c]['n']})" for c in ("complied", "refused",
-                                                                                              "benign")) + " |")
+        cells = [m.get(c) or {"mean": None, "n": 0} for c in ("complied", "refused", "benign", "benign_refused",
+                                                              "benign_answered")]
+        print(f"| {arm} | {k} | " + " | ".join(("-" if c["mean"] is None else f"{c['mean']:.3f}") + f" (n={c['n']})"
+                                               for c in cells) + " |")
     print("\n| arm | round | attacks scored | added | look-alikes | training rows | final loss | attack s | train s | "
           "evaluation s | total s |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for arm, k, r, _ in table[1:]:

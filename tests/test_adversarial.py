@@ -9,7 +9,7 @@ import random
 import pytest
 
 from ihs.adversarial import Budget, Holdout, RoundsOptions, random_attacks, recombine, scan, search
-from ihs.adversarial.evaluate import bow_auroc, build_eval_set
+from ihs.adversarial.evaluate import bow_auroc, build_eval_set, mid_negative
 from ihs.adversarial.mutations import MUTATIONS, apply, kind_of
 from ihs.adversarial.pools import (
     answer_split,
@@ -150,6 +150,16 @@ def test_bag_of_words_baseline_finds_a_planted_word_and_not_one_unrelated_to_the
     unrelated = rows(20, "jailbreak", None, "u") + rows(20, "contrast", None, "u")
     assert abs(bow_auroc(train, unrelated) - 0.5) < 0.15
     assert bow_auroc(train[:30], scored) is None  # one class only
+
+
+def test_mid_negative_splits_benign_prompts_by_refusal():
+    rows = ([{"label": "jailbreak", "refused": r, "mid_negative_share": 0.5 if r else 0.0} for r in (True, False) * 5]
+            + [{"label": lab, "refused": r, "mid_negative_share": 0.4 if r else 0.1}
+               for lab in ("contrast", "wrapped") for r in (True, False, False)])
+    m = mid_negative(rows)
+    assert m["refused"]["mean"] == 0.5 and m["complied"]["mean"] == 0.0 and m["refused_minus_complied"] == 0.5
+    assert m["benign_refused"] == {**m["benign_refused"], "mean": 0.4, "n": 2}
+    assert m["benign_answered"]["mean"] == 0.1 and m["benign_answered"]["n"] == 4 and m["benign"]["n"] == 6
 
 
 def test_bad_options_are_one_line_errors():

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ihs.adversarial.evaluate import bow_auroc, build_eval_set, evaluate
+from ihs.adversarial.evaluate import bow_auroc, build_eval_set, evaluate, mid_negative
 from ihs.adversarial.generator import Budget, attack_score, random_attacks, recombine, search
 from ihs.adversarial.measure import MeasureOptions, measure
 from ihs.adversarial.paraphrase import CACHE_FILE, Paraphraser
@@ -361,9 +361,12 @@ def summary(out: str | Path) -> dict[str, Any]:
     guard_base = eval_set["probe"] + eval_set["guard_base"]
 
     def with_bow(ev: dict[str, Any], guard_rows: list[dict[str, Any]]) -> dict[str, Any]:
-        # folders evaluated before the baseline was recorded: it needs only the texts, so fill it in
+        # folders evaluated before these measures were recorded: they need only the texts and the measured rows
+        seed = plan["options"]["seed"]
         if "bow_auroc_heldout" not in ev["summary"]:
-            ev["summary"]["bow_auroc_heldout"] = bow_auroc(guard_base + guard_rows, scored, seed=plan["options"]["seed"])
+            ev["summary"]["bow_auroc_heldout"] = bow_auroc(guard_base + guard_rows, scored, seed=seed)
+        if "benign_refused" not in ev["summary"]["mid_negative"]:
+            ev["summary"]["mid_negative"] = mid_negative(ev["rows"], seed=seed)
         return ev
 
     base = with_bow(read_json(out / "round-0" / "eval.json"), []) if (out / "round-0" / "eval.json").is_file() \
