@@ -3,12 +3,13 @@
 ``attack_rounds.png``, three panels over rounds (round 0 is the base model, shared by both arms):
 held-out ASR with Wilson 95% intervals per arm, with the base model's defenses (steer if flagged,
 refuse when flagged) as markers at round 0; over-refusal on contrast and wrapped benign prompts;
-the middle-layer negative share of complied and refused attacks and of benign prompts, with
-bootstrap 95% intervals.
+the middle-layer negative share of complied and refused attacks and of the benign prompts the model
+refused, with bootstrap 95% intervals.
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +48,13 @@ def rounds_figure(data: dict[str, Any], out: str | Path, caption: str | None = N
         _band(ax1, xs, [ev["asr"] for _, ev in pts], fmt, color, f"{arm} arm")
         for kind, style in (("contrast", {}), ("wrapped", {"mfc": "white", "alpha": 0.55})):
             _band(ax2, xs, [ev["over_refusal"][kind] for _, ev in pts], fmt, color, f"{arm}, {kind}", **style)
-        for kind, shade in (("refused", "C3"), ("complied", "C2")):
-            vals = [ev["mid_negative"][kind] for _, ev in pts]
+        for kind, shade, name in (("refused", "C3", "refused attacks"), ("complied", "C2", "complied attacks"),
+                                  ("benign_refused", "0.45", "refused benign")):
+            vals = [ev["mid_negative"].get(kind) or {"n": 0} for _, ev in pts]
             keep = [(x, v) for x, v in zip(xs, vals, strict=True) if v["n"]]
             if keep:
-                _band(ax3, [x for x, _ in keep], [v for _, v in keep], fmt, shade, f"{kind} attacks, {arm}",
-                      value="mean")
+                _band(ax3, [x for x, _ in keep], [v for _, v in keep], fmt, shade, f"{name}, {arm}", value="mean")
     if data.get("base"):
-        ben = data["base"]["eval"]["mid_negative"]["benign"]
-        if ben["mean"] is not None:
-            ax3.axhline(ben["mean"], color="0.5", lw=1, ls=":", label="benign prompts, base model")
         defense = (data["base"].get("defense") or {}).get("variants", {})
         for name, marker, color, x in (("steer_if_flagged", "^", "C4", -0.3), ("refuse_when_flagged", "D", "C3", -0.2)):
             if name in defense:
@@ -78,4 +76,4 @@ def rounds_figure(data: dict[str, Any], out: str | Path, caption: str | None = N
         ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.suptitle(esc(f"adversarial rounds: {data.get('model', '')}"), fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, Path(out), "attack_rounds", caption)
+    return save_figure(fig, Path(out), "attack_rounds", caption and textwrap.fill(caption, 170))
