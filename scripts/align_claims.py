@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from ihs.align.measures import spearman_bootstrap
-from ihs.analysis.classifiers import wilson_interval
 from ihs.io import read_json, read_jsonl, write_json
+from ihs.stats import wilson_interval
 
 RESULTS_MD = Path("docs/RESULTS.md")
 ZOO_HEADING = "### Top-K Intermediate Consistency across models"

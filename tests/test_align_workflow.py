@@ -99,7 +99,7 @@ def test_cli_track_writes_one_row_per_checkpoint(sft_run, tracked):
     assert again["peak_rss_mib"] >= data["peak_rss_mib"]  # the measuring call's peak survives a cached re-run
     # the evaluation set is the held-out side of the goal split: none of it was trained on
     trained = {json.loads(line)["prompt"] for line in (sft_run / "data" / "sft.jsonl").read_text().splitlines()}
-    from ihs.workflows.align import evaluation_records
+    from ihs.align.data import evaluation_records
 
     held = evaluation_records(4)
     assert not trained & {r.text for recs in held.values() for r in recs}

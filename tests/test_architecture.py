@@ -1,7 +1,7 @@
 """The house rules of the source tree, checked on every run (docs/ARCHITECTURE.md explains them).
 
 * Imports go down the floors only: the core (data, models, formatting, store, io, layers, errors,
-  progress) imports nothing above it; compute (analysis, interventions, guard, plots, explain, align)
+  progress, stats) imports nothing above it; compute (analysis, interventions, guard, plots, explain, align)
   never imports workflows, the pipeline, the report or the CLI; workflows never import the pipeline,
   report or CLI; the pipeline never imports the report or CLI; the report never imports the CLI.
 * No module imports another module's ``_private`` names.
@@ -19,7 +19,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ihs"
 
-CORE = {"data", "models", "formatting", "store", "io", "layers", "errors", "progress"}
+CORE = {"data", "models", "formatting", "store", "io", "layers", "errors", "progress", "stats"}
 RUNNING = {"hooks", "batching", "prefix_cache", "extract", "generation", "bench", "distributed"}
 COMPUTE = {"analysis", "interventions", "guard", "plots", "explain", "align", "adversarial"}
 UPPER = {"workflows", "pipeline", "report", "cli", "api"}

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from conftest import FAMILIES, make_tiny
-from ihs.analysis.classifiers import wilson_interval
 from ihs.errors import IhsError
 from ihs.generation import (
     GenerateOptions,
@@ -17,6 +16,7 @@ from ihs.generation import (
     load_judge,
     refusal_summary,
 )
+from ihs.stats import wilson_interval
 
 TEXTS = [
     "Hi",

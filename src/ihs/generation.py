@@ -359,7 +359,7 @@ ATTACK_LABELS = ("malicious", "jailbreak")
 
 def rate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Refusal rate of judged rows with its Wilson interval, and ASR = 1 - refusal rate."""
-    from ihs.analysis.classifiers import wilson_interval
+    from ihs.stats import wilson_interval
 
     n = len(rows)
     k = sum(bool(r["refused"]) for r in rows)

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ihs.analysis.classifiers import bootstrap_interval, wilson_interval
+from ihs.analysis.classifiers import bootstrap_interval
+from ihs.stats import wilson_interval
 
 #: group name -> how to read it from a row's tags
 GROUPINGS = ("family", "template", "kind", "mutation")

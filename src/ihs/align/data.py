@@ -136,6 +136,25 @@ def evaluation_split(
     return {name: split_records(_load_class(name), split=split)[1] for name in classes}
 
 
+
+def evaluation_records(per_class: int) -> dict[str, list[PromptRecord]]:
+    """The fixed evaluation set: the first ``per_class`` held-out prompts of each class (jailbreak by family)."""
+    split = evaluation_split(classes=EVAL_CLASSES)
+    out = {}
+    for name, records in split.items():
+        by_family: dict[str, list[PromptRecord]] = {}
+        for rec in records:
+            by_family.setdefault((rec.tags or {}).get("family", ""), []).append(rec)
+        picked: list[PromptRecord] = []
+        queues = [list(v) for v in by_family.values()]
+        while len(picked) < per_class and any(queues):
+            for q in queues:
+                if q and len(picked) < per_class:
+                    picked.append(q.pop(0))
+        out[name] = picked
+    return out
+
+
 def training_split(
     *, classes: Sequence[str] = ("normal", "malicious", "contrast"), split: SplitOptions = SplitOptions()
 ) -> dict[str, list[PromptRecord]]:

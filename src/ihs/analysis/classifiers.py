@@ -26,6 +26,7 @@ from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
 from ihs.errors import IhsError
+from ihs.stats import wilson_interval  # noqa: F401  (the analysis modules take it from here)
 
 CLASSIFIERS: tuple[str, ...] = ("svm", "mlp", "logreg", "diffmean")
 MODES: tuple[str, ...] = ("cv", "paper")
@@ -161,30 +162,6 @@ def auroc(y: np.ndarray, scores: np.ndarray, k: int) -> float:
 
 
 # -- intervals -------------------------------------------------------------------------------
-
-
-def wilson_interval(correct: Any, n: int, level: float = 0.95) -> tuple[Any, Any]:
-    """Wilson score interval of the proportion ``correct / n``: stays in [0, 1], not degenerate at 0 or n.
-
-    The project's one proportion interval. ``correct`` may be a number (floats back) or an array
-    (arrays back, elementwise); ``n == 0`` gives NaN.
-
-    >>> lo, hi = wilson_interval(8, 10)
-    >>> round(lo, 3), round(hi, 3)
-    (0.49, 0.943)
-    """
-    c = np.asarray(correct, dtype=float)
-    if n == 0:
-        lo = hi = np.full_like(c, np.nan)
-    else:
-        z = float(stats.norm.ppf(0.5 + level / 2))
-        p = c / n
-        denom = 1 + z * z / n
-        centre = (p + z * z / (2 * n)) / denom
-        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-        lo = np.where(c <= 0, 0.0, np.clip(centre - half, 0.0, 1.0))
-        hi = np.where(c >= n, 1.0, np.clip(centre + half, 0.0, 1.0))
-    return (float(lo), float(hi)) if c.ndim == 0 else (lo, hi)
 
 
 def bootstrap_interval(values: Sequence[float], *, resamples: int = 2000, seed: int = 0,

@@ -312,7 +312,7 @@ class Association:
         return {"first": first, "stable_from": stable}
 
     def to_json(self, reference: str = "normal", malicious: str = "malicious", margin: float = 0.1) -> dict[str, Any]:
-        from ihs.analysis.classifiers import wilson_interval
+        from ihs.stats import wilson_interval
 
         out: dict[str, Any] = {"k": self.k, "layers": self.layers, "n": self.n, "classes": {}}
         for label in self.labels:

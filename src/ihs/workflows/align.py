@@ -209,32 +209,9 @@ class TrackOptions:
             raise IhsError(f"folds must be at least 2, got {self.folds}")
 
 
-def evaluation_records(per_class: int) -> dict[str, list[Any]]:
-    """The fixed evaluation set: the first ``per_class`` held-out prompts of each class (jailbreak by family)."""
-    from ihs.align import evaluation_split
-
-    split = evaluation_split(classes=EVAL_CLASSES)
-    out = {}
-    for name, records in split.items():
-        by_family: dict[str, list[Any]] = {}
-        for rec in records:
-            by_family.setdefault((rec.tags or {}).get("family", ""), []).append(rec)
-        picked: list[Any] = []
-        queues = [list(v) for v in by_family.values()]
-        while len(picked) < per_class and any(queues):
-            for q in queues:
-                if q and len(picked) < per_class:
-                    picked.append(q.pop(0))
-        out[name] = picked
-    return out
-
-
 def text_baseline(records: dict[str, list[Any]], options: TrackOptions) -> dict[str, Any]:
-    """The bag-of-words baseline beside the tracked probe: normal vs malicious on the same held-out prompts,
-    de-duplicated and split into the same folds as the probe (pooled out-of-fold accuracy, Wilson 95%).
-
-    It reads only the texts, so a tracking has one such number, the same at every checkpoint.
-    """
+    """The bag-of-words baseline beside the tracked probe: normal vs malicious on the same held-out prompts, de-duplicated
+    and split into the same folds as the probe (pooled out-of-fold accuracy, Wilson 95%); one number per tracking."""
     import numpy as np
 
     from ihs.analysis.probe_cv import dedupe_rows, plan_splits
@@ -469,6 +446,8 @@ def run_track(run_dir: str | Path, options: TrackOptions | None = None, *, out: 
     checkpoints = [(s, f) for s, f in list_checkpoints(run_dir) if options.steps is None or s in options.steps]
     if not checkpoints:
         raise IhsError(f"{run_dir} has no exported checkpoint" + (" at the steps asked for" if options.steps else ""))
+    from ihs.align.data import evaluation_records
+
     records = evaluation_records(options.per_class)
     run = read_json(run_dir / "run.json")
     rows = []
