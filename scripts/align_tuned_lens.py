@@ -63,13 +63,13 @@ def main() -> None:
     command = shlex.join([".venv/bin/python", "scripts/align_tuned_lens.py", *sys.argv[1:]])
     torch.manual_seed(args.seed)
 
+    from ihs.align.data import evaluation_records
     from ihs.analysis.emotion import EmotionMatcher, Lexicon
     from ihs.analysis.lens import analyze_store, text_of
     from ihs.analysis.tuned_lens import TunedLens, collect_states, lens_kl, train_tuned_lens, tuned_topk
     from ihs.extraction import ExtractOptions, extract
     from ihs.layers import default_layer_range
     from ihs.models.loading import load_model
-    from ihs.workflows.align import evaluation_records
 
     steps = [int(s) for s in args.steps.split(",")]
     folder = {s: args.run / "checkpoints" / f"step-{s:06d}" for s in steps}

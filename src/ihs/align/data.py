@@ -136,7 +136,6 @@ def evaluation_split(
     return {name: split_records(_load_class(name), split=split)[1] for name in classes}
 
 
-
 def evaluation_records(per_class: int) -> dict[str, list[PromptRecord]]:
     """The fixed evaluation set: the first ``per_class`` held-out prompts of each class (jailbreak by family)."""
     split = evaluation_split(classes=EVAL_CLASSES)
