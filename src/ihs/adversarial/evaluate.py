@@ -139,6 +139,12 @@ def bow_auroc(train_rows: Sequence[dict[str, Any]], scored_rows: Sequence[dict[s
     return round(float(auroc(ys, s)), 4)
 
 
+def guard_training_rows(eval_set: dict[str, Any], arm_rows: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Every prompt the round's guard (and its bag-of-words baseline) is fitted on: the probe prompts, the wrapped
+    benign prompts of training families and the arm's training rows so far."""
+    return [*eval_set["probe"], *eval_set["guard_base"], *arm_rows]
+
+
 def evaluate(lm: Any, eval_set: dict[str, Any], *, guard_rows: Sequence[dict[str, Any]] = (),
              options: MeasureOptions | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Measure ``lm`` on the fixed evaluation set; ``guard_rows`` are the arm's training prompts the guard refits on."""
@@ -150,8 +156,7 @@ def evaluate(lm: Any, eval_set: dict[str, Any], *, guard_rows: Sequence[dict[str
     result = measure(lm, probe_rows=eval_set["probe"], scored_rows=scored,
                      guard_rows=list(eval_set["guard_base"]) + list(guard_rows), options=options, progress=progress)
     summary = summarise(result["rows"], seed=seed)
-    summary["bow_auroc_heldout"] = bow_auroc(list(eval_set["probe"]) + list(eval_set["guard_base"]) + list(guard_rows),
-                                             scored, seed=seed)
+    summary["bow_auroc_heldout"] = bow_auroc(guard_training_rows(eval_set, guard_rows), scored, seed=seed)
     ppl = answer_perplexity(lm, [tuple(p) for p in eval_set["perplexity"]], chat=options.chat) \
         if eval_set["perplexity"] else {"perplexity": None, "n": 0}
     summary["perplexity"] = {"value": None if ppl["perplexity"] is None else round(float(ppl["perplexity"]), 4),

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ihs.adversarial.evaluate import bow_auroc, build_eval_set, evaluate, mid_negative
+from ihs.adversarial.evaluate import bow_auroc, build_eval_set, evaluate, guard_training_rows, mid_negative
 from ihs.adversarial.generator import Budget, attack_score, random_attacks, recombine, search
 from ihs.adversarial.measure import MeasureOptions, measure
 from ihs.adversarial.paraphrase import CACHE_FILE, Paraphraser
@@ -358,26 +358,25 @@ def summary(out: str | Path) -> dict[str, Any]:
     plan = read_json(out / "plan.json")
     eval_set = read_json(out / "eval_set.json")
     scored = eval_set["attacks"] + eval_set["contrast"] + eval_set["wrapped"]
-    guard_base = eval_set["probe"] + eval_set["guard_base"]
 
-    def with_bow(ev: dict[str, Any], guard_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def filled(ev: dict[str, Any], arm_rows: list[dict[str, Any]]) -> dict[str, Any]:
         # folders evaluated before these measures were recorded: they need only the texts and the measured rows
         seed = plan["options"]["seed"]
         if "bow_auroc_heldout" not in ev["summary"]:
-            ev["summary"]["bow_auroc_heldout"] = bow_auroc(guard_base + guard_rows, scored, seed=seed)
+            ev["summary"]["bow_auroc_heldout"] = bow_auroc(guard_training_rows(eval_set, arm_rows), scored, seed=seed)
         if "benign_refused" not in ev["summary"]["mid_negative"]:
             ev["summary"]["mid_negative"] = mid_negative(ev["rows"], seed=seed)
         return ev
 
-    base = with_bow(read_json(out / "round-0" / "eval.json"), []) if (out / "round-0" / "eval.json").is_file() \
+    base = filled(read_json(out / "round-0" / "eval.json"), []) if (out / "round-0" / "eval.json").is_file() \
         else None
     arms: dict[str, list[dict[str, Any]]] = {}
     for arm in ARMS:
-        k = 1
+        k, arm_rows = 1, []
         while (out / arm / f"round-{k}" / "round.json").is_file():
             done = read_json(out / arm / f"round-{k}" / "round.json")
-            ev = with_bow(read_json(out / arm / f"round-{k}" / "eval.json"),
-                          [r for j in range(1, k + 1) for r in read_jsonl(out / arm / f"round-{j}" / "data.jsonl")])
+            arm_rows += read_jsonl(out / arm / f"round-{k}" / "data.jsonl")
+            ev = filled(read_json(out / arm / f"round-{k}" / "eval.json"), arm_rows)
             defense = out / arm / f"round-{k}" / "defense.json"
             arms.setdefault(arm, []).append({**done, "eval": ev["summary"], "eval_info": ev["info"],
                                              "defense": _defense(defense.parent)})

@@ -292,7 +292,7 @@ def _convenience_keys(result: dict[str, Any]) -> None:
 
 
 def bow_on_splits(texts: Sequence[str], rows: np.ndarray, y: np.ndarray, splits, classes: list[str],
-         extra_rows: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+                  extra_rows: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
     """The bag-of-words baseline on the raw prompts, on the very same splits as the probes."""
     t = np.asarray([texts[i] for i in rows], dtype=object)
     pred = np.full(len(y), -1, dtype=np.int64)

@@ -180,8 +180,6 @@ def run_align(model: str, out: str | Path, options: AlignOptions | None = None, 
 
 # -- tracking ---------------------------------------------------------------------------------------------
 
-EVAL_CLASSES = ("normal", "malicious", "contrast", "jailbreak")
-
 
 @dataclass(kw_only=True)
 class TrackOptions:
@@ -342,7 +340,7 @@ def track_checkpoint(step: int, folder: Path, records: dict[str, list[Any]], opt
     lm = load_model(str(folder), dtype=options.dtype)
     t = lap("load", started)
     name = f"step-{step:06d}"
-    flat = [r for c in EVAL_CLASSES for r in records[c]]
+    flat = [r for class_records in records.values() for r in class_records]  # normal, malicious, contrast, jailbreak
     store = extract(lm, flat, None, ExtractOptions(), progress=progress)
     t = lap("extract", t)
     probe = run_probe({name: store}, ProbeOptions(classifiers=[options.classifier], classes=["normal", "malicious"],
